@@ -1,0 +1,1 @@
+"""TALOS image generation client."""

@@ -1,0 +1,1 @@
+"""TALOS billing: accounts, API keys, node tokens and the credit ledger."""

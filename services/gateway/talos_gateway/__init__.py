@@ -1,0 +1,1 @@
+"""TALOS gateway: HTTP API, page, public gRPC API and the relay."""

@@ -1,0 +1,1 @@
+"""TALOS moderation: the prompt hard limit and the adult-output classifier."""
