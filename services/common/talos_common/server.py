@@ -124,8 +124,15 @@ def build_server(
     max_message_bytes: int = 4 * MiB,
     extra_options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A server with our servicers, health (all SERVING) and reflection."""
-    options = message_size_options(max_message_bytes) + KEEPALIVE_SERVER_OPTIONS + list(extra_options)
+    """A server with our servicers, health (all SERVING) and reflection.
+
+    ``extra_options`` win over the defaults of the same name (gRPC keeps the first of two
+    duplicate channel args, so the defaults they replace are left out).
+    """
+    extra = list(extra_options)
+    replaced = {name for name, _ in extra}
+    defaults = message_size_options(max_message_bytes) + KEEPALIVE_SERVER_OPTIONS
+    options = [option for option in defaults if option[0] not in replaced] + extra
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
     for add in register:
         add(server)

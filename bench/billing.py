@@ -1,0 +1,260 @@
+"""Billing benchmark: reserve+capture pairs per second with 16 concurrent gRPC clients.
+
+Billing runs as a real process (``python -m talos_billing``) on SQLite and on PostgreSQL;
+each client is its own gRPC channel, its own account, and loops Reserve then Capture with
+fresh job ids. In the same run, ``pgbench -N`` (simple-update) measures the same
+PostgreSQL with the same number of clients. The last line printed is
+``ratio N.NN`` = PostgreSQL pairs/s ÷ pgbench tps (target: at least 0.50).
+
+    .venv/bin/python bench/billing.py [--seconds 10] [--clients 16]
+
+PostgreSQL: ``--dsn`` (default ``$TALOS_BENCH_POSTGRES`` or postgresql://postgres@127.0.0.1:5432/test);
+billing uses a fresh schema there and drops it afterwards. pgbench uses its own database
+(``--pgbench-db``, created and initialised when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import sqlalchemy
+
+from talos.billing.v1 import billing_pb2, billing_pb2_grpc
+from talos_billing.config import Settings
+from talos_billing.store import Store
+from talos_common.procs import ServiceProcess, python_module
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CALL_TIMEOUT = 10.0
+
+
+@dataclass
+class StoreResult:
+    store: str
+    pairs: int
+    seconds: float
+    server_cpu_seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / self.seconds
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(address: str, clients: int, seconds: float, warmup: float) -> tuple[int, float, list[float]]:
+    channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
+    stubs = [billing_pb2_grpc.BillingServiceStub(channel) for channel in channels]
+    account_ids = []
+    for stub in stubs:
+        reply = await stub.CreateAccount(
+            billing_pb2.CreateAccountRequest(credits=10**11), timeout=CALL_TIMEOUT
+        )
+        account_ids.append(reply.account_id)
+    run_id = secrets.token_hex(4)
+    counting = False
+    stop = False
+    pairs = 0
+    latencies: list[float] = []
+
+    async def client(index: int) -> None:
+        nonlocal pairs
+        stub, account_id = stubs[index], account_ids[index]
+        n = 0
+        while not stop:
+            job_id = f"bench-{run_id}-{index}-{n}"
+            n += 1
+            started = time.perf_counter()
+            await stub.Reserve(
+                billing_pb2.ReserveRequest(job_id=job_id, account_id=account_id), timeout=CALL_TIMEOUT
+            )
+            reply = await stub.Capture(billing_pb2.CaptureRequest(job_id=job_id), timeout=CALL_TIMEOUT)
+            if reply.hold.state != billing_pb2.HOLD_STATE_CAPTURED:
+                raise RuntimeError(f"capture of {job_id} answered {reply.hold.state}")
+            if counting:
+                pairs += 1
+                latencies.append(time.perf_counter() - started)
+
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    await asyncio.sleep(warmup)
+    counting = True
+    began = time.perf_counter()
+    await asyncio.sleep(seconds)
+    counting = False
+    elapsed = time.perf_counter() - began
+    stop = True
+    await asyncio.gather(*tasks)
+    for channel in channels:
+        await channel.close()
+    return pairs, elapsed, latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def run_store(name: str, env: dict[str, str], workdir: Path, clients: int, seconds: float) -> StoreResult:
+    proc = ServiceProcess(
+        f"billing-{name}",
+        python_module("talos_billing"),
+        {"TALOS_BILLING_PORT": "0", "TALOS_BILLING_LOG_LEVEL": "warning", **env},
+        workdir / f"billing-{name}.log",
+    )
+    ready = proc.start(timeout=60)
+    try:
+        cpu_before = _cpu_seconds(proc.pid)
+        pairs, elapsed, latencies = asyncio.run(_drive(ready["grpc"], clients, seconds, warmup=1.5))
+        cpu = _cpu_seconds(proc.pid) - cpu_before
+    finally:
+        proc.stop()
+    return StoreResult(name, pairs, elapsed, cpu, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+
+
+async def _audit(settings: Settings) -> str:
+    store = await Store.open(settings, migrate=False)
+    try:
+        report = await store.audit()
+    finally:
+        await store.close()
+    if not report.ok:
+        raise SystemExit(f"audit failed: {report.problems}")
+    return f"audit ok: {report.entries} entries sum to {report.ledger_sum}, revenue {report.revenue}"
+
+
+def _psql(dsn: str, sql: str) -> None:
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", sql], check=True, capture_output=True)
+
+
+def run_pgbench(dsn: str, database: str, clients: int, seconds: float) -> float:
+    if shutil.which("pgbench") is None:
+        raise SystemExit("pgbench not found: apt-get install postgresql-contrib (or postgresql-client)")
+    url = sqlalchemy.make_url(dsn)
+    base = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
+    env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
+    exists = subprocess.run(
+        [
+            "psql",
+            *base,
+            "-d",
+            url.database or "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{database}'",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.strip()
+    if exists != "1":
+        subprocess.run(["createdb", *base, database], check=True, env=env)
+        subprocess.run(["pgbench", *base, "-i", "-q", database], check=True, capture_output=True, env=env)
+    threads = max(1, min(clients, os.cpu_count() or 1))
+    out = subprocess.run(
+        [
+            "pgbench",
+            *base,
+            "-N",
+            "-c",
+            str(clients),
+            "-j",
+            str(threads),
+            "-T",
+            str(max(1, round(seconds))),
+            database,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if match is None:
+        raise SystemExit(f"cannot read pgbench's output:\n{out}")
+    return float(match.group(1))
+
+
+def _versions(dsn: str) -> dict[str, Any]:
+    import sqlite3
+
+    server = subprocess.run(
+        ["psql", "-tAc", "SHOW server_version", dsn.replace("+asyncpg", "")], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": server or "?",
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per store (default 10)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--dsn", default=os.environ.get("TALOS_BENCH_POSTGRES", DEFAULT_DSN))
+    parser.add_argument("--pgbench-db", default="pgbench_talos")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    args = parser.parse_args(argv)
+
+    dsn = args.dsn.replace("postgresql+asyncpg://", "postgresql://")
+    print("versions:", " ".join(f"{k}={v}" for k, v in _versions(dsn).items()), flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="talos-bench-billing-"))
+    results = []
+    if not args.skip_sqlite:
+        sqlite_env = {"TALOS_BILLING_DATA_DIR": str(workdir / "sqlite")}
+        results.append(run_store("sqlite", sqlite_env, workdir, args.clients, args.seconds))
+        print(_report(results[-1]), flush=True)
+        print("  " + asyncio.run(_audit(Settings(data_dir=workdir / "sqlite"))), flush=True)
+    schema = f"talos_bench_{secrets.token_hex(4)}"
+    pg_env = {
+        "TALOS_BILLING_DATA_DIR": str(workdir / "pg"),
+        "TALOS_BILLING_DATABASE_URL": dsn,
+        "TALOS_BILLING_DATABASE_SCHEMA": schema,
+    }
+    try:
+        results.append(run_store("postgresql", pg_env, workdir, args.clients, args.seconds))
+        print(_report(results[-1]), flush=True)
+        print("  " + asyncio.run(_audit(Settings(database_url=dsn, database_schema=schema))), flush=True)
+    finally:
+        _psql(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    tps = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
+    print(f"pgbench -N (simple-update), {args.clients} clients: {tps:.0f} tps", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"ratio {results[-1].rate / tps:.2f}")
+
+
+def _report(result: StoreResult) -> str:
+    per_pair = result.server_cpu_seconds / result.pairs * 1e6 if result.pairs else 0.0
+    return (
+        f"{result.store}: {result.rate:.0f} reserve+capture pairs/s "
+        f"({result.pairs} in {result.seconds:.1f} s; pair latency p50 {result.p50_ms:.1f} ms, "
+        f"p99 {result.p99_ms:.1f} ms; billing CPU {per_pair:.0f} us/pair)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

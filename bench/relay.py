@@ -1,0 +1,309 @@
+"""Relay benchmark: dispatch latency and throughput with 100 and 1,000 connected node streams.
+
+A real relay (``talos_gateway.relay.Relay`` and its gRPC server on loopback) serves many
+simulated nodes: the relay test peer (``tests/relay/peer.py``) answering every job at once with
+progress and a tiny valid image, so what is measured is the relay, not rendering. Each node is
+its own gRPC channel (its own TCP connection), as real nodes are.
+
+By default the simulated nodes run in a child process, so the relay's process time per job can
+be read apart from the peers' (``--in-process`` puts them on the relay's event loop instead).
+
+Printed per node count: connect time and memory per stream, dispatch latency (``run()`` to the
+node's JobAccepted, one loopback round trip included) with idle nodes, end-to-end latency
+and throughput with many jobs in flight, and the relay's CPU per job. Also the cost of checking
+one full-size result image (decode in a worker thread), which real jobs add on top.
+
+    .venv/bin/python bench/relay.py                   # 100 and 1,000 nodes
+    .venv/bin/python bench/relay.py --nodes 100 --jobs 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from talos_common.errors import TalosError  # noqa: E402
+
+from talos_gateway.config import Settings  # noqa: E402
+from talos_gateway.relay import Relay, start_relay_server  # noqa: E402
+from talos_gateway.relay.contract import Finished, RenderSpec, Started  # noqa: E402
+from talos_gateway.relay.validate import check_image  # noqa: E402
+from tests.relay.peer import PeerNode  # noqa: E402
+
+SIZE = 256  # the tiny image every simulated node returns (decoded and checked by the relay)
+STEPS = 2
+
+
+def spec(seed: int) -> RenderSpec:
+    return RenderSpec("bench", "", SIZE, SIZE, STEPS, 5.0, seed, "png")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ---------------------------------------------------------------------- the simulated nodes
+async def serve_peers(address: str, count: int, first: int) -> None:
+    """Child-process mode: ``count`` peers dial ``address``; prints READY once all are welcomed."""
+    peers = [
+        PeerNode(address, f"bench-{first + i}", sizes=(f"{SIZE}x{SIZE}",), concurrency=1, seconds_per_step=0.01)
+        for i in range(count)
+    ]
+    for batch in range(0, count, 100):
+        await asyncio.gather(*(p.start(within=60) for p in peers[batch : batch + 100]))
+    failed = sum(1 for p in peers if not p.links[0].welcomed.is_set())
+    print(json.dumps({"ready": count - failed, "failed": failed}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    for peer in peers:
+        await peer.stop()
+
+
+class Peers:
+    """N simulated nodes, in a child process or on this loop."""
+
+    def __init__(self, address: str, count: int, in_process: bool) -> None:
+        self.address, self.count, self.in_process = address, count, in_process
+        self.proc: asyncio.subprocess.Process | None = None
+        self.local: list[PeerNode] = []
+
+    async def start(self) -> None:
+        if self.in_process:
+            self.local = [
+                PeerNode(self.address, f"bench-{i}", sizes=(f"{SIZE}x{SIZE}",), seconds_per_step=0.01)
+                for i in range(self.count)
+            ]
+            for batch in range(0, self.count, 100):
+                await asyncio.gather(*(p.start(within=60) for p in self.local[batch : batch + 100]))
+            return
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--serve-peers",
+            self.address,
+            "--count",
+            str(self.count),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout=300)
+        info = json.loads(line)
+        if info["failed"]:
+            raise RuntimeError(f"{info['failed']} simulated nodes were not welcomed")
+
+    async def stop(self) -> None:
+        for peer in self.local:
+            await peer.stop()
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+# ---------------------------------------------------------------------- measurements
+async def one_job(relay: Relay, job_id: str, seed: int) -> tuple[float, float]:
+    """Seconds to Started (dispatch) and to Finished (the whole relay round)."""
+    start = time.perf_counter()
+    dispatched = 0.0
+    async for event in relay.run(job_id, "acct-" + str(seed % 50), spec(seed)):
+        if isinstance(event, Started):
+            dispatched = time.perf_counter() - start
+        elif isinstance(event, Finished):
+            return dispatched, time.perf_counter() - start
+    raise RuntimeError("no Finished")
+
+
+async def sequential(relay: Relay, tag: str, jobs: int) -> tuple[list[float], list[float]]:
+    dispatch, total = [], []
+    for i in range(jobs):
+        d, t = await one_job(relay, f"{tag}-{i}", i)
+        dispatch.append(d)
+        total.append(t)
+    return dispatch, total
+
+
+async def loaded(relay: Relay, tag: str, jobs: int, in_flight: int) -> dict[str, Any]:
+    dispatch: list[float] = []
+    total: list[float] = []
+    counter = iter(range(jobs))
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal failures
+        for i in counter:
+            try:
+                d, t = await one_job(relay, f"{tag}-{i}", i)
+            except TalosError:
+                failures += 1
+                continue
+            dispatch.append(d)
+            total.append(t)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {
+        "jobs_per_s": len(total) / wall,
+        "dispatch_p50_ms": pct(dispatch, 0.5) * 1e3,
+        "dispatch_p99_ms": pct(dispatch, 0.99) * 1e3,
+        "total_p50_ms": pct(total, 0.5) * 1e3,
+        "total_p99_ms": pct(total, 0.99) * 1e3,
+        "cpu_ms_per_job": cpu / max(1, len(total)) * 1e3,
+        "failures": failures,
+    }
+
+
+async def bench_nodes(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    settings = dataclasses.replace(
+        Settings(),
+        host="127.0.0.1",
+        relay_port=0,
+        queue_bound=100_000,
+        queue_bound_per_account=100_000,
+        queue_timeout_seconds=300.0,
+        heartbeat_seconds=10.0,
+    )
+
+    async def authenticate(token: str) -> str:
+        if not token.startswith("bench-"):
+            raise TalosError("invalid_api_key", "unknown token")
+        return "node-" + token.removeprefix("bench-")
+
+    relay = Relay(settings, authenticate)
+    server, port = await start_relay_server(relay, settings)
+    peers = Peers(f"127.0.0.1:{port}", count, args.in_process)
+    rss0 = rss_mib()
+    t0 = time.perf_counter()
+    try:
+        await peers.start()
+        while relay.status()["nodes_idle"] < count:
+            await asyncio.sleep(0.05)
+        connect_s = time.perf_counter() - t0
+        rss_per_node_kib = (rss_mib() - rss0) * 1024 / count
+        await loaded(relay, f"warm{count}", min(args.jobs, 300), 32)
+        seq_dispatch, seq_total = await sequential(relay, f"seq{count}", args.sequential)
+        load = await loaded(relay, f"load{count}", args.jobs, args.in_flight)
+        return {
+            "nodes": count,
+            "connect_s": connect_s,
+            "rss_per_node_kib": rss_per_node_kib,
+            "idle_dispatch_p50_ms": pct(seq_dispatch, 0.5) * 1e3,
+            "idle_dispatch_p99_ms": pct(seq_dispatch, 0.99) * 1e3,
+            "idle_total_p50_ms": pct(seq_total, 0.5) * 1e3,
+            "idle_total_p99_ms": pct(seq_total, 0.99) * 1e3,
+            **load,
+        }
+    finally:
+        await peers.stop()
+        await relay.close()
+        await server.stop(None)
+
+
+def validation_cost() -> dict[str, float]:
+    """Milliseconds to check one 1024x1024 result (what a real job adds, in a worker thread)."""
+    import numpy as np
+    from PIL import Image
+
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    for kind, image in (
+        ("flat", Image.new("RGB", (1024, 1024), (40, 90, 160))),
+        ("noise", Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8))),
+    ):
+        for fmt in ("png", "jpeg", "webp"):
+            buf = io.BytesIO()
+            image.save(buf, format=fmt.upper())
+            data = buf.getvalue()
+            runs = []
+            for _ in range(5):
+                t = time.perf_counter()
+                check_image(data, fmt, 1024, 1024, max_bytes=24 << 20, max_pixels=1 << 24)
+                runs.append(time.perf_counter() - t)
+            out[f"{kind}_{fmt}_ms"] = statistics.median(runs) * 1e3
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = []
+    for count in args.nodes:
+        result = await bench_nodes(count, args)
+        results.append(result)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+    print()
+    print(f"relay benchmark: {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, grpcio {grpc.__version__}")
+    print(f"peers {'in-process' if args.in_process else 'in a child process'}; {STEPS} steps, {SIZE}x{SIZE} png per job;")
+    print(f"{args.sequential} sequential jobs (idle nodes), then {args.jobs} jobs with {args.in_flight} in flight")
+    header = (
+        f"{'nodes':>6} {'connect s':>9} {'KiB/node':>8} {'idle disp p50/p99 ms':>21} {'idle total p50/p99':>19} "
+        f"{'load disp p50/p99':>18} {'load total p50/p99':>19} {'jobs/s':>7} {'cpu ms/job':>10}"
+    )
+    print(header)
+    for r in results:
+        print(
+            f"{r['nodes']:>6} {r['connect_s']:>9.2f} {r['rss_per_node_kib']:>8.1f} "
+            f"{r['idle_dispatch_p50_ms']:>10.2f}/{r['idle_dispatch_p99_ms']:<10.2f} "
+            f"{r['idle_total_p50_ms']:>9.2f}/{r['idle_total_p99_ms']:<9.2f} "
+            f"{r['dispatch_p50_ms']:>8.2f}/{r['dispatch_p99_ms']:<9.2f} "
+            f"{r['total_p50_ms']:>9.2f}/{r['total_p99_ms']:<9.2f} {r['jobs_per_s']:>7.0f} {r['cpu_ms_per_job']:>10.2f}"
+        )
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        print(
+            f"from {a['nodes']} to {b['nodes']} nodes ({b['nodes'] / a['nodes']:.0f}x): "
+            f"idle dispatch p50 x{b['idle_dispatch_p50_ms'] / a['idle_dispatch_p50_ms']:.2f}, "
+            f"throughput x{b['jobs_per_s'] / a['jobs_per_s']:.2f}, "
+            f"cpu per job x{b['cpu_ms_per_job'] / a['cpu_ms_per_job']:.2f}"
+        )
+    if not args.skip_validation:
+        print("checking one 1024x1024 result (full decode), ms:", json.dumps({k: round(v, 1) for k, v in validation_cost().items()}))
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in the loaded phase")
+    parser.add_argument("--sequential", type=int, default=300, help="jobs one at a time, idle nodes")
+    parser.add_argument("--in-flight", type=int, default=64, help="jobs in flight in the loaded phase")
+    parser.add_argument("--in-process", action="store_true", help="simulated nodes on the relay's loop")
+    parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--serve-peers", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if arguments.serve_peers:
+        asyncio.run(serve_peers(arguments.serve_peers, arguments.count, 0))
+    else:
+        asyncio.run(main(arguments))

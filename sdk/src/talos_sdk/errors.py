@@ -1,0 +1,314 @@
+"""The SDK's exceptions, one class per API error code, and how gRPC failures map to them.
+
+The gateway answers a failed call with a gRPC status whose ``grpc-status-details-bin``
+trailer holds a ``google.rpc.Status`` carrying one ``google.rpc.ErrorInfo``; its ``reason``
+is the API error code (the same string as over HTTP). The SDK reads that trailer with the
+wire-compatible twins in ``talos.api.v1.errors_pb2`` so it needs nothing beyond protobuf.
+A failure without details (a dropped connection, a deadline spent on the client side) is
+classified by its status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from talos.api.v1 import errors_pb2
+
+__all__ = [
+    "AgeConfirmationRequired",
+    "AuthenticationError",
+    "ContentPolicyViolation",
+    "IdempotencyConflict",
+    "InsufficientCredits",
+    "InternalError",
+    "InvalidRequest",
+    "JobCancelled",
+    "NoCapacity",
+    "NotFound",
+    "OutputBlocked",
+    "PolicyRefusal",
+    "RateLimited",
+    "RequestTooLarge",
+    "ServiceUnavailable",
+    "TalosError",
+    "Timeout",
+    "TransientError",
+    "error_for_code",
+    "error_from_rpc",
+]
+
+_ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class TalosError(Exception):
+    """Any error the TALOS API reports. ``code`` is the API error code string."""
+
+    #: The API error code this class stands for (subclasses set it).
+    default_code = "internal"
+    #: Whether the same request may succeed later without any change.
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        field: str | None = None,
+        grpc_code: grpc.StatusCode | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        transport: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.retry_after = retry_after
+        self.field = field
+        self.grpc_code = grpc_code
+        self.job_id = job_id
+        self.metadata = dict(metadata or {})
+        #: True when gRPC itself failed (no API error details): a dropped connection, a
+        #: refused dial, a deadline spent on this side. Such a call may not have reached the API.
+        self.transport = transport
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class InvalidRequest(TalosError):
+    """A parameter is out of range or unknown; ``field`` names it when the API said which."""
+
+    default_code = "invalid_request"
+
+
+class RequestTooLarge(TalosError):
+    """The request exceeded the API's size limit."""
+
+    default_code = "request_too_large"
+
+
+class AuthenticationError(TalosError):
+    """The API key is missing, unknown or revoked."""
+
+    default_code = "invalid_api_key"
+
+
+class InsufficientCredits(TalosError):
+    """Not enough allowance and balance left to pay for an image."""
+
+    default_code = "insufficient_credits"
+
+
+class PolicyRefusal(TalosError):
+    """Base of the refusals of content policy: change the request, do not retry it as is."""
+
+
+class ContentPolicyViolation(PolicyRefusal):
+    """The prompt hit the hard content limit; nothing was charged."""
+
+    default_code = "content_policy_violation"
+
+
+class OutputBlocked(PolicyRefusal):
+    """The image was adult content while 18+ output was off; the hold was refunded."""
+
+    default_code = "output_blocked"
+
+
+class AgeConfirmationRequired(PolicyRefusal):
+    """``nsfw=True`` needs the account's one-time age confirmation first."""
+
+    default_code = "age_confirmation_required"
+
+
+class NotFound(TalosError):
+    """No such job for this key (another account's job ids answer this too)."""
+
+    default_code = "not_found"
+
+
+class IdempotencyConflict(TalosError):
+    """The idempotency key was already used with a different request."""
+
+    default_code = "idempotency_conflict"
+
+
+class JobCancelled(TalosError):
+    """The job was cancelled before it finished; nothing was charged."""
+
+    default_code = "cancelled"
+
+
+class TransientError(TalosError):
+    """Base of the failures that may pass if the same request is sent again later."""
+
+    retryable = True
+
+
+class RateLimited(TransientError):
+    """Too many requests or jobs at once for this key; wait ``retry_after`` seconds."""
+
+    default_code = "rate_limited"
+
+
+class NoCapacity(TransientError):
+    """No render node can take the job now; nothing was charged. Wait ``retry_after`` seconds."""
+
+    default_code = "no_capacity"
+
+
+class Timeout(TransientError):
+    """The job or the call ran out of time; a job that timed out was refunded."""
+
+    default_code = "timeout"
+
+
+class ServiceUnavailable(TransientError):
+    """The gateway (or a service behind it) could not be reached."""
+
+    default_code = "unavailable"
+
+
+class InternalError(TransientError):
+    """The service failed unexpectedly; a job that failed this way was refunded."""
+
+    default_code = "internal"
+
+
+_BY_CODE: dict[str, type[TalosError]] = {
+    cls.default_code: cls
+    for cls in (
+        InvalidRequest,
+        RequestTooLarge,
+        AuthenticationError,
+        InsufficientCredits,
+        ContentPolicyViolation,
+        OutputBlocked,
+        AgeConfirmationRequired,
+        NotFound,
+        IdempotencyConflict,
+        JobCancelled,
+        RateLimited,
+        NoCapacity,
+        Timeout,
+        ServiceUnavailable,
+        InternalError,
+    )
+}
+
+# A status without ErrorInfo: what gRPC itself (or a proxy) meant by it.
+_BY_STATUS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request",
+    grpc.StatusCode.OUT_OF_RANGE: "invalid_request",
+    grpc.StatusCode.UNAUTHENTICATED: "invalid_api_key",
+    grpc.StatusCode.PERMISSION_DENIED: "invalid_api_key",
+    grpc.StatusCode.NOT_FOUND: "not_found",
+    grpc.StatusCode.ALREADY_EXISTS: "idempotency_conflict",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "request_too_large",
+    grpc.StatusCode.FAILED_PRECONDITION: "invalid_request",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.CANCELLED: "cancelled",
+}
+
+
+def error_for_code(
+    code: str,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    field: str | None = None,
+    grpc_code: grpc.StatusCode | None = None,
+    job_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    transport: bool = False,
+) -> TalosError:
+    """The exception for an API error code; an unknown code gives a plain :class:`TalosError`."""
+    cls = _BY_CODE.get(code, TalosError)
+    return cls(
+        message,
+        code=code,
+        retry_after=retry_after,
+        field=field,
+        grpc_code=grpc_code,
+        job_id=job_id,
+        metadata=metadata,
+        transport=transport,
+    )
+
+
+def _trailer(error: Any) -> bytes | None:
+    try:
+        trailing = error.trailing_metadata()
+    except Exception:
+        return None
+    for key, value in trailing or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            return value
+    return None
+
+
+def _error_info(raw: bytes | None) -> tuple[str | None, errors_pb2.ErrorInfo | None]:
+    """The status message and the first ErrorInfo in a details trailer, if it parses."""
+    if not raw:
+        return None, None
+    try:
+        status = errors_pb2.RpcStatus.FromString(raw)
+    except Exception:  # a malformed trailer must not hide the real error
+        return None, None
+    for detail in status.details:
+        if detail.type_url.rsplit("/", 1)[-1] != _ERROR_INFO_TYPE:
+            continue
+        try:
+            return status.message, errors_pb2.ErrorInfo.FromString(detail.value)
+        except Exception:
+            continue
+    return status.message, None
+
+
+def _seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def error_from_rpc(error: grpc.RpcError, *, job_id: str | None = None) -> TalosError:
+    """The SDK exception for a failed gRPC call (sync or asyncio)."""
+    status_code: grpc.StatusCode | None = None
+    details = ""
+    try:
+        status_code = error.code()
+        details = error.details() or ""
+    except Exception:
+        details = str(error)
+    message, info = _error_info(_trailer(error))
+    if info is not None and info.reason:
+        meta = dict(info.metadata)
+        return error_for_code(
+            info.reason,
+            message or details,
+            retry_after=_seconds(meta.get("retry_after_seconds")),
+            field=meta.get("field") or None,
+            grpc_code=status_code,
+            job_id=job_id,
+            metadata=meta,
+        )
+    code = _BY_STATUS.get(status_code, "internal") if status_code is not None else "internal"
+    return error_for_code(
+        code,
+        details or (status_code.name if status_code is not None else "call failed"),
+        grpc_code=status_code,
+        job_id=job_id,
+        transport=True,
+    )

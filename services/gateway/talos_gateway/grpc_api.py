@@ -1,0 +1,235 @@
+"""The public gRPC API, ``talos.api.v1.ImageService``: the same job model as HTTP.
+
+The API key travels in the ``authorization`` metadata (``Bearer <key>``). Errors are raised as
+:class:`TalosError`; the interceptor from :func:`talos_common.server.build_server` turns them
+into a status carrying a ``google.rpc.ErrorInfo`` whose reason is the HTTP API's code.
+Errors before a job is accepted end the call with that status; once accepted, a job's failure
+is its ``failed`` event and the stream ends with OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from talos.api.v1 import api_pb2, api_pb2_grpc
+from talos_common.errors import TalosError
+from talos_gateway import metrics, styles
+from talos_gateway.jobs import (
+    CompletedEvent,
+    FailedEvent,
+    Job,
+    JobEvent,
+    JobRegistry,
+    Principal,
+    ProgressEvent,
+    QueuedEvent,
+    StartedEvent,
+)
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def to_proto(job: Job, event: JobEvent) -> api_pb2.JobEvent:
+    if isinstance(event, QueuedEvent):
+        return api_pb2.JobEvent(
+            job_id=job.id, queued=api_pb2.Queued(position=event.position, eta_seconds=event.eta_seconds)
+        )
+    if isinstance(event, StartedEvent):
+        return api_pb2.JobEvent(job_id=job.id, started=api_pb2.Started())
+    if isinstance(event, ProgressEvent):
+        return api_pb2.JobEvent(
+            job_id=job.id,
+            progress=api_pb2.Progress(
+                step=event.step, total_steps=event.total_steps, preview_jpeg=event.preview_jpeg
+            ),
+        )
+    if isinstance(event, CompletedEvent):
+        return api_pb2.JobEvent(
+            job_id=job.id,
+            completed=api_pb2.Completed(
+                image=event.image,
+                output_format=event.output_format,
+                width=event.width,
+                height=event.height,
+                seed=event.seed,
+                credits_charged=event.credits_charged,
+                balance=event.balance,
+            ),
+        )
+    assert isinstance(event, FailedEvent)
+    return api_pb2.JobEvent(
+        job_id=job.id,
+        failed=api_pb2.Failed(error=api_pb2.Error(code=event.code, message=event.message), refunded=True),
+    )
+
+
+def options_proto() -> api_pb2.Options:
+    opts = styles.options()
+    return api_pb2.Options(
+        styles=[
+            api_pb2.Style(
+                id=s["id"],
+                name=s["name"],
+                prompt_template=s["prompt_template"],
+                negative_prompt=s["negative_prompt"],
+                default_guidance=s["default_guidance"],
+            )
+            for s in opts["styles"]
+        ],
+        sizes=[
+            api_pb2.Size(id=s["id"], width=s["width"], height=s["height"], aspect_ratio=s["aspect_ratio"])
+            for s in opts["sizes"]
+        ],
+        steps=api_pb2.IntRange(**opts["steps"]),
+        guidance=api_pb2.FloatRange(**opts["guidance"]),
+        price_per_image=opts["price_per_image"],
+        output_formats=opts["output_formats"],
+    )
+
+
+class ImageService(api_pb2_grpc.ImageServiceServicer):
+    def __init__(self, registry: JobRegistry) -> None:
+        self.registry = registry
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+                break
+        match = _BEARER.match(header) if header else None
+        if header and not match:
+            raise TalosError("invalid_api_key", "the authorization metadata must be 'Bearer <key>'")
+        return await self.registry.auth.authenticate(match.group(1) if match else None)
+
+    async def _follow(self, job: Job, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.JobEvent]:
+        async for event in job.follow(None):
+            assert event is not None
+            yield to_proto(job, event)
+            if isinstance(event, CompletedEvent):
+                job.mark_delivered()
+
+    async def Generate(
+        self, request: api_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.JobEvent]:
+        with _counted("Generate") as outcome:
+            principal = await self._principal(context)
+            generation = styles.parse_grpc_request(request)
+            key = styles.check_idempotency_key(request.idempotency_key or None, "idempotency_key")
+            job = await self.registry.submit(principal, generation, key, bound=True)
+            # The job is bound to this call: the client cancelling or its deadline passing
+            # cancels the generator, and detaching then cancels the job (its hold is released).
+            self.registry.attach(job)
+            try:
+                async for message in self._follow(job, context):
+                    yield message
+            finally:
+                self.registry.detach(job)
+            outcome["code"] = "ok"
+
+    async def Submit(
+        self, request: api_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.SubmitResponse:
+        with _counted("Submit") as outcome:
+            principal = await self._principal(context)
+            generation = styles.parse_grpc_request(request)
+            key = styles.check_idempotency_key(request.idempotency_key or None, "idempotency_key")
+            job = await self.registry.submit(principal, generation, key, bound=False)
+            outcome["code"] = "ok"
+            return api_pb2.SubmitResponse(job_id=job.id)
+
+    async def Watch(
+        self, request: api_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.JobEvent]:
+        with _counted("Watch") as outcome:
+            principal = await self._principal(context)
+            job = self.registry.get(principal, request.job_id)
+            async for message in self._follow(job, context):
+                yield message
+            outcome["code"] = "ok"
+
+    async def Cancel(
+        self, request: api_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CancelResponse:
+        with _counted("Cancel") as outcome:
+            principal = await self._principal(context)
+            cancelled = await self.registry.cancel(principal, request.job_id)
+            outcome["code"] = "ok"
+            return api_pb2.CancelResponse(cancelled=cancelled)
+
+    async def GetAccount(
+        self, request: api_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.Account:
+        with _counted("GetAccount") as outcome:
+            principal = await self._principal(context)
+            state = await self.registry.billing.get_account(principal.account_id)
+            outcome["code"] = "ok"
+            return account_proto(state)
+
+    async def ConfirmAge(
+        self, request: api_pb2.ConfirmAgeRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ConfirmAgeResponse:
+        with _counted("ConfirmAge") as outcome:
+            principal = await self._principal(context)
+            if not request.confirm:
+                raise TalosError("invalid_request", "'confirm' must be true", field="confirm")
+            state = await self.registry.billing.confirm_age(principal.account_id)
+            outcome["code"] = "ok"
+            return api_pb2.ConfirmAgeResponse(age_confirmed=bool(state.age_confirmed))
+
+    async def GetOptions(
+        self, request: api_pb2.GetOptionsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.Options:
+        with _counted("GetOptions") as outcome:
+            outcome["code"] = "ok"
+            return options_proto()
+
+
+def account_proto(state: Any) -> api_pb2.Account:
+    resets = timestamp_pb2.Timestamp()
+    if state.allowance_resets_at.seconds or state.allowance_resets_at.nanos:
+        resets.CopyFrom(state.allowance_resets_at)
+    else:
+        now = int(time.time())
+        resets.FromSeconds(now - now % 86400 + 86400)
+    return api_pb2.Account(
+        account_id=state.account_id,
+        balance=int(state.balance),
+        allowance=api_pb2.Allowance(
+            daily=int(state.daily_allowance), remaining=int(state.allowance_remaining), resets_at=resets
+        ),
+        age_confirmed=bool(state.age_confirmed),
+        price_per_image=int(state.price_per_image) or styles.PRICE_PER_IMAGE,
+    )
+
+
+class _counted:
+    """Counts a call by method and outcome code (the TalosError code, ok, or cancelled)."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.outcome: dict[str, str] = {"code": "cancelled"}
+
+    def __enter__(self) -> dict[str, str]:
+        return self.outcome
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        if isinstance(error, TalosError):
+            self.outcome["code"] = error.code
+        elif error is not None and not isinstance(error, asyncio.CancelledError | GeneratorExit):
+            self.outcome["code"] = "internal"
+        metrics.GRPC_REQUESTS.labels(self.method, self.outcome["code"]).inc()
+
+
+def register(server: grpc.aio.Server, registry: JobRegistry) -> None:
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(registry), server)

@@ -1,0 +1,185 @@
+"""The hard limit: a minor context together with a sexual context blocks the prompt.
+
+Positive texts (the prompt as written and as the style preset expanded it) give a minor
+context through minor terms, numeric ages under 18 and child emoji, and a sexual context
+through sexual or nudity terms. A negative prompt steers *away* from what it names, so its
+minor and sexual terms never count; but steering away from adulthood ("adult", "mature",
+"old") pushes towards a minor, and steering away from clothing ("clothes", "dressed") pushes
+towards nudity, so those count as the minor and the sexual context respectively.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from talos_moderation.policy import ages
+from talos_moderation.policy.normalize import collapse3, leet_text, normalize, plain, tokens
+from talos_moderation.policy.rules import Rules, RulesError
+
+MINOR_SEXUAL = "minor_sexual"
+POLICY_UNAVAILABLE = "policy_unavailable"
+PROMPT_TOO_LONG = "prompt_too_long"
+NONE = "none"
+UNAVAILABLE_VERSION = "unavailable"
+MEMO_LIMIT = 16_384
+
+
+@dataclass(frozen=True)
+class Verdict:
+    blocked: bool
+    category: str
+    policy_version: str
+
+
+@dataclass(frozen=True)
+class Contexts:
+    """What one text contributes; never which term it was."""
+
+    minor: bool = False
+    sexual: bool = False
+    standalone: bool = False
+
+
+class PromptPolicy:
+    """Checks prompts against a rule file; blocks everything when the rules did not load."""
+
+    def __init__(self, rules: Rules | None, error: str | None = None, max_chars: int = 20_000) -> None:
+        self.rules = rules
+        self.error = error
+        self.max_chars = max_chars
+        # Contexts of recently seen texts (preset negatives repeat on every request), keyed by a
+        # digest so the cache holds no prompt text.
+        self._memo: dict[bytes, Contexts] = {}
+
+    @classmethod
+    def load(cls, path: Path | None, max_chars: int = 20_000) -> PromptPolicy:
+        """Loads the rules; on any failure the policy fails closed instead of raising."""
+        try:
+            return cls(Rules.load(path), max_chars=max_chars)
+        except RulesError as exc:
+            return cls(None, error=str(exc), max_chars=max_chars)
+        except Exception as exc:
+            return cls(None, error=f"rule file failed to load: {type(exc).__name__}", max_chars=max_chars)
+
+    @property
+    def available(self) -> bool:
+        return self.rules is not None
+
+    @property
+    def version(self) -> str:
+        return self.rules.version if self.rules is not None else UNAVAILABLE_VERSION
+
+    def check(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        final_prompt: str = "",
+        final_negative_prompt: str = "",
+    ) -> Verdict:
+        rules = self.rules
+        if rules is None:
+            return Verdict(True, POLICY_UNAVAILABLE, UNAVAILABLE_VERSION)
+        texts = (prompt, negative_prompt, final_prompt, final_negative_prompt)
+        if sum(len(t) for t in texts) > self.max_chars:
+            return Verdict(True, PROMPT_TOO_LONG, rules.version)
+        minor = sexual = False
+        for text in _distinct(prompt, final_prompt):
+            ctx = self._contexts(rules, text, positive=True)
+            if ctx.standalone:
+                return Verdict(True, MINOR_SEXUAL, rules.version)
+            minor = minor or ctx.minor
+            sexual = sexual or ctx.sexual
+            if minor and sexual:
+                return Verdict(True, MINOR_SEXUAL, rules.version)
+        for text in _distinct(negative_prompt, final_negative_prompt):
+            ctx = self._contexts(rules, text, positive=False)
+            minor = minor or ctx.minor
+            sexual = sexual or ctx.sexual
+        if minor and sexual:
+            return Verdict(True, MINOR_SEXUAL, rules.version)
+        return Verdict(False, NONE, rules.version)
+
+
+    def _contexts(self, rules: Rules, text: str, *, positive: bool) -> Contexts:
+        key = hashlib.blake2b(
+            text.encode("utf-8", "surrogatepass"), digest_size=16, person=b"+" if positive else b"-"
+        ).digest()
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        ctx = positive_contexts(rules, text) if positive else negative_contexts(rules, text)
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = ctx
+        return ctx
+
+
+def _distinct(first: str, second: str) -> list[str]:
+    texts = [t for t in (first, second) if t and not t.isspace()]
+    if len(texts) == 2 and texts[0] == texts[1]:
+        texts.pop()
+    return texts
+
+
+def positive_contexts(rules: Rules, text: str) -> Contexts:
+    words = tokens(normalize(text))
+    found, infos = rules.matcher.scan(words)
+    minor = "minor" in found or any(e in text for e in rules.minor_emoji)
+    sexual = "sexual" in found or any(e in text for e in rules.sexual_emoji)
+    if not minor:
+        minor = _states_minor_age(words, [i.plain for i in infos], rules.max_minor_age)
+    return Contexts(minor=minor, sexual=sexual, standalone="standalone" in found)
+
+
+def negative_contexts(rules: Rules, text: str) -> Contexts:
+    found = rules.matcher.find(tokens(normalize(text)))
+    return Contexts(minor="negative_adulthood" in found, sexual="negative_clothing" in found)
+
+
+_TRIPLE = re.compile(r"([^\W\d_])\1\1")
+
+
+def _states_minor_age(words: list[str], plains: list[str], max_age: int) -> bool:
+    base = " ".join(plains)
+    views = [base]
+    if any(_has_leet(w) for w in words):
+        views.append(leet_text(words))
+    if _TRIPLE.search(base):
+        views.append(collapse3(base, 2))
+        views.append(collapse3(base, 1))
+    if _single_run(words):
+        views.append(_spaced_joined(words))
+    return any(ages.minor_age(v, max_age) for v in views)
+
+
+def _has_leet(word: str) -> bool:
+    return not word.isalpha() and not word.isdigit()
+
+
+def _single_run(words: list[str]) -> bool:
+    return any(len(a) == 1 and len(b) == 1 for a, b in itertools.pairwise(words))
+
+
+def _spaced_joined(words: list[str]) -> str:
+    """Single characters run together again: ``1 5 y o`` -> ``15yo``."""
+    out: list[str] = []
+    run: list[str] = []
+    for w in words:
+        p = plain(w)
+        if len(p) == 1:
+            run.append(p)
+            continue
+        if run:
+            out.append("".join(run))
+            run = []
+        out.append(p)
+    if run:
+        out.append("".join(run))
+    return " ".join(out)
+
+
+__all__ = ["MINOR_SEXUAL", "NONE", "POLICY_UNAVAILABLE", "PromptPolicy", "RulesError", "Verdict"]

@@ -1,0 +1,141 @@
+"""``talos-render``: run a render node, or build the built-in test model.
+
+    talos-render [--relay HOST:PORT] [--token TOKEN] [--model PATH|builtin] [--config-dir DIR]
+    talos-render build-test-model DIR
+    talos-render export-single-file MODEL_DIR OUT.safetensors [--flatten-first-text-encoder]
+
+Every other setting comes from ``TALOS_RENDER_*`` environment variables (see config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from talos_common import logs
+from talos_common import server as common_server
+from talos_common.settings import SettingsError
+from talos_common.settings import load as load_settings
+from talos_render.config import BUILTIN, PREFIX, Settings
+
+log = logging.getLogger("talos_render")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talos-render", description="Run a TALOS render node.")
+    parser.add_argument("--relay", help="relay HOST:PORT (TALOS_RENDER_RELAY)")
+    parser.add_argument("--token", help="node token (TALOS_RENDER_TOKEN)")
+    parser.add_argument(
+        "--model", help="builtin, a diffusers folder or a .safetensors file (TALOS_RENDER_MODEL)"
+    )
+    parser.add_argument(
+        "--config-dir", help="config folder for a single-file model (TALOS_RENDER_CONFIG_DIR)"
+    )
+    parser.add_argument("--device", help="auto, cpu or cuda (TALOS_RENDER_DEVICE)")
+    parser.add_argument("--data-dir", help="where the built-in model is cached (TALOS_RENDER_DATA_DIR)")
+    return parser
+
+
+def build_test_model(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="talos-render build-test-model",
+        description="Write the built-in tiny SDXL-architecture test model as a diffusers folder.",
+    )
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    from talos_render import loading, tinymodel
+
+    loading.quiet_libraries()
+    folder = tinymodel.save(args.folder)
+    print(f"built {tinymodel.NAME} v{tinymodel.VERSION} in {folder}")
+    return 0
+
+
+def export_single_file(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="talos-render export-single-file",
+        description="Write a diffusers SDXL folder as one original-layout .safetensors checkpoint.",
+    )
+    parser.add_argument("model", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument(
+        "--flatten-first-text-encoder",
+        action="store_true",
+        help="omit the text_model. prefix, as a transformers-5 state dict would (to test the repair)",
+    )
+    args = parser.parse_args(argv)
+    from talos_render import loading, singlefile
+
+    loading.quiet_libraries()
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(args.model), local_files_only=True)
+    singlefile.export(pipe, args.out, flatten_first_text_encoder=args.flatten_first_text_encoder)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def precheck_model(settings: Settings) -> str | None:
+    """The cheap part of the model check: a path that is not there."""
+    if settings.model.strip() == BUILTIN:
+        return None
+    path = Path(settings.model).expanduser()
+    if not path.exists():
+        return f"model path {path} does not exist"
+    if path.is_file() and settings.config_dir is None:
+        return (
+            f"model {path} is a single file: set TALOS_RENDER_CONFIG_DIR (or --config-dir) to a local "
+            "diffusers-layout folder with its configs and tokenizers"
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "build-test-model":
+        sys.exit(build_test_model(argv[1:]))
+    if argv and argv[0] == "export-single-file":
+        sys.exit(export_single_file(argv[1:]))
+    args = _serve_parser().parse_args(argv)
+    try:
+        settings = load_settings(Settings, PREFIX)
+    except SettingsError as exc:
+        print(f"talos-render: {exc}", file=sys.stderr)
+        sys.exit(2)
+    overrides = {
+        "relay": args.relay,
+        "token": args.token,
+        "model": args.model,
+        "config_dir": Path(args.config_dir) if args.config_dir else None,
+        "device": args.device,
+        "data_dir": Path(args.data_dir) if args.data_dir else None,
+    }
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    logs.configure("render", settings.log_level)
+    problem = precheck_model(settings)
+    if problem is not None:  # fail fast, before importing torch
+        log.error("the model cannot be loaded", extra={"error": problem})
+        print(f"talos-render: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+    from talos_render import loading
+    from talos_render.node import serve
+
+    try:
+        loaded = loading.load(settings)
+    except loading.ModelError as exc:
+        log.error("the model cannot be loaded", extra={"error": str(exc)})
+        print(f"talos-render: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info(
+        "model loaded",
+        extra={"model": loaded.name, "source": loaded.source, "seconds": round(loaded.load_seconds, 2)},
+    )
+    common_server.run(lambda: serve(settings, loaded))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The render node process: load once, warm up, report ready, serve the relay, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from talos_common import server as common_server
+from talos_common.settings import load as load_settings
+from talos_render import __version__, loading
+from talos_render.config import PREFIX, Settings
+from talos_render.engine import Engine
+from talos_render.link import RelayLink, parse_size
+from talos_render.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# The name the node's gRPC health service reports for itself (besides the overall "").
+HEALTH_SERVICE = "talos.render.Node"
+
+
+async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | None = None) -> None:
+    settings = settings or load_settings(Settings, PREFIX)
+    if loaded is None:
+        loaded = await asyncio.to_thread(loading.load, settings)
+    metrics = Metrics(loaded.device)
+    health_server, health = common_server.build_server(register=[], service_names=[HEALTH_SERVICE])
+    health_port = common_server.bind(health_server, settings.health_host, settings.health_port)
+    await health_server.start()
+    await common_server.set_serving(health, [HEALTH_SERVICE], False)
+    metrics_server, metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    compiled = settings.compile and loaded.device.type == "cuda"
+    if settings.compile and not compiled:
+        log.warning("compile is only used on CUDA; running eagerly")
+    engine = Engine(
+        loaded,
+        preview_size=settings.preview_size,
+        min_preview_every=settings.preview_every,
+        concurrency=settings.concurrency,
+        compile_mode=settings.compile_mode if compiled else None,
+        on_step=metrics.steps.inc,
+    )
+    link: RelayLink | None = None
+    link_task: asyncio.Task[None] | None = None
+    try:
+        async with common_server.stop_signals() as stop:
+            started = time.perf_counter()
+            sizes = [parse_size(s) for s in settings.sizes]
+            seconds_per_step = await engine.warmup_async(sizes, settings.warmup_steps, compiled)
+            metrics.seconds_per_step.set(seconds_per_step)
+            log.info(
+                "model ready",
+                extra={
+                    "model": loaded.name,
+                    "device": loaded.describe_device(),
+                    "dtype": str(loaded.dtype).removeprefix("torch."),
+                    "load_seconds": round(loaded.load_seconds, 2),
+                    "warmup_seconds": round(time.perf_counter() - started, 2),
+                    "seconds_per_step": round(seconds_per_step, 4),
+                    "compiled": compiled,
+                },
+            )
+            link = RelayLink(
+                settings,
+                engine,
+                model_name=loaded.name,
+                device=loaded.describe_device(),
+                version=__version__,
+                metrics=metrics,
+            )
+            metrics.ready.set(1)
+            await common_server.set_serving(health, [HEALTH_SERVICE], True)
+            link_task = asyncio.create_task(link.run())
+            common_server.announce_ready(
+                "render",
+                health=f"{settings.health_host}:{health_port}",
+                metrics=f"{settings.metrics_host}:{metrics_port}",
+                model=loaded.name,
+                device=loaded.describe_device(),
+            )
+            await stop.wait()
+            log.info("stop signal received; draining")
+        await common_server.set_serving(health, [HEALTH_SERVICE], False)
+        if link is not None:
+            await link.shutdown(settings.shutdown_grace_seconds)
+        if link_task is not None:
+            await link_task
+    finally:
+        if link_task is not None and not link_task.done():
+            link_task.cancel()
+        metrics_server.shutdown()
+        await health_server.stop(1)
+        engine.close()
+        log.info("render node stopped")

@@ -1,0 +1,261 @@
+"""The ledger suite: the same tests on SQLite and on PostgreSQL.
+
+Races run against two stores on one database (two billing replicas), so the database's
+locking, not one process's queue, is what keeps an account from being overdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from talos_billing import schema
+from talos_billing.store import Store
+from talos_common.errors import TalosError
+
+from .conftest import FakeClock, OpenStore
+
+PRICE = 18
+
+
+async def assert_books_balance(store: Store) -> None:
+    report = await store.audit()
+    assert report.ok, report.problems
+    assert report.ledger_sum == 0
+
+
+async def reserve_outcome(store: Store, job_id: str, account_id: str) -> str:
+    try:
+        await store.reserve(job_id, account_id)
+    except TalosError as error:
+        return error.code
+    return "ok"
+
+
+async def test_reserve_capture_release_move_credits(store: Store) -> None:
+    account_id, _ = await store.create_account(credits=100)
+    hold, account = await store.reserve("job-a", account_id)
+    assert (hold.amount, hold.from_allowance, hold.from_balance, hold.state) == (PRICE, 0, PRICE, schema.HELD)
+    assert account.balance == 100 - PRICE
+    hold, account = await store.capture("job-a")
+    assert hold.state == schema.CAPTURED
+    assert account.balance == 100 - PRICE
+
+    await store.reserve("job-b", account_id)
+    hold, account = await store.release("job-b", "node_failed")
+    assert (hold.state, hold.reason) == (schema.RELEASED, "node_failed")
+    assert account.balance == 100 - PRICE
+    assert (await store.get_account(account_id)).balance == 100 - PRICE
+
+    entries = await store.ledger_entries(job_id="job-a")
+    assert sum(e["amount"] for e in entries) == 0
+    assert {(e["kind"], e["account"], e["amount"]) for e in entries} == {
+        ("reserve", account_id, -PRICE),
+        ("reserve", schema.SYS_HOLDS, PRICE),
+        ("capture", schema.SYS_HOLDS, -PRICE),
+        ("capture", schema.SYS_REVENUE, PRICE),
+    }
+    await assert_books_balance(store)
+
+
+async def test_each_hold_resolves_once(store: Store) -> None:
+    account_id, _ = await store.create_account(credits=100)
+    await store.reserve("job-1", account_id)
+    await store.capture("job-1")
+    hold, account = await store.capture("job-1")  # a retried capture: same answer, no second charge
+    assert hold.state == schema.CAPTURED and account.balance == 100 - PRICE
+    hold, account = await store.release("job-1", "late")  # resolved already: answered as it is
+    assert hold.state == schema.CAPTURED and account.balance == 100 - PRICE
+
+    await store.reserve("job-2", account_id)
+    await store.release("job-2", "cancelled")
+    hold, _ = await store.release("job-2", "cancelled")
+    assert hold.state == schema.RELEASED
+    with pytest.raises(TalosError) as caught:
+        await store.capture("job-2")
+    assert caught.value.code == "invalid_request"
+    assert (await store.get_account(account_id)).balance == 100 - PRICE
+    captures = [e for e in await store.ledger_entries(job_id="job-1") if e["kind"] == "capture"]
+    assert len(captures) == 2  # one capture operation: two legs
+    await assert_books_balance(store)
+
+
+async def test_unknown_jobs_and_accounts(store: Store) -> None:
+    for call in (store.capture("nope"), store.release("nope", "x"), store.reserve("job", "acc_missing")):
+        with pytest.raises(TalosError) as caught:
+            await call
+        assert caught.value.code == "not_found"
+    for bad in ("", " padded", "x" * 129, "tab\there"):
+        with pytest.raises(TalosError) as caught:
+            await store.capture(bad)
+        assert caught.value.code == "invalid_request"
+
+
+async def test_job_id_of_another_account_is_a_conflict(store: Store) -> None:
+    first, _ = await store.create_account(credits=100)
+    second, _ = await store.create_account(credits=100)
+    await store.reserve("shared-job", first)
+    with pytest.raises(TalosError) as caught:
+        await store.reserve("shared-job", second)
+    assert caught.value.code == "idempotency_conflict"
+    assert (await store.get_account(second)).balance == 100
+
+
+async def test_mixed_submitters_property(open_store: OpenStore) -> None:
+    """8 submitters × 25 jobs on one account of 3,000: half captured, half released."""
+    replicas = [await open_store(), await open_store()]
+    account_id, _ = await replicas[0].create_account(credits=3000)
+    rng = random.Random(5)
+    plan = {f"prop-{s}-{j}": rng.random() < 0.5 for s in range(8) for j in range(25)}
+    captured: list[str] = []
+
+    async def submitter(index: int) -> None:
+        store = replicas[index % 2]
+        for j in range(25):
+            job_id = f"prop-{index}-{j}"
+            await store.reserve(job_id, account_id)
+            if rng.random() < 0.3:
+                await asyncio.sleep(0)
+            if plan[job_id]:
+                await replicas[(index + j) % 2].capture(job_id)
+                captured.append(job_id)
+            else:
+                await replicas[(index + j) % 2].release(job_id, "node_failed")
+
+    await asyncio.gather(*(submitter(i) for i in range(8)))
+    successes = sum(plan.values())
+    assert 0 < successes < 200 and len(captured) == successes
+    account = await replicas[0].get_account(account_id)
+    assert account.balance == 3000 - PRICE * successes
+    for job_id, success in plan.items():
+        hold = await replicas[1].hold(job_id)
+        assert hold is not None
+        assert hold.state == (schema.CAPTURED if success else schema.RELEASED)
+    report = await replicas[0].audit()
+    assert report.ok, report.problems
+    for store in replicas:
+        await assert_books_balance(store)
+    held = [e for e in await replicas[0].ledger_entries(account=account_id)]
+    assert sum(e["amount"] for e in held) == account.balance
+
+
+async def test_parallel_reserves_never_overdraw(open_store: OpenStore) -> None:
+    """50 parallel reserves on 35 credits: exactly one is accepted."""
+    replicas = [await open_store(), await open_store()]
+    account_id, _ = await replicas[0].create_account(credits=35)
+    outcomes = await asyncio.gather(
+        *(reserve_outcome(replicas[i % 2], f"race-{i}", account_id) for i in range(50))
+    )
+    assert outcomes.count("ok") == 1
+    assert outcomes.count("insufficient_credits") == 49
+    assert (await replicas[1].get_account(account_id)).balance == 35 - PRICE
+    await assert_books_balance(replicas[0])
+
+
+async def test_allowance_then_balance_race(open_store: OpenStore) -> None:
+    """20 allowance credits + 18 on the balance: exactly two reserves, allowance spent first."""
+    replicas = [await open_store(), await open_store()]
+    account_id, _ = await replicas[0].create_account(credits=18, daily_allowance=20)
+    outcomes = await asyncio.gather(
+        *(reserve_outcome(replicas[i % 2], f"allow-{i}", account_id) for i in range(30))
+    )
+    assert outcomes.count("ok") == 2
+    holds = [h for i in range(30) if (h := await replicas[0].hold(f"allow-{i}")) is not None]
+    assert len(holds) == 2
+    first, second = sorted(holds, key=lambda h: -h.from_allowance)
+    assert (first.from_allowance, first.from_balance) == (18, 0)
+    assert (second.from_allowance, second.from_balance) == (2, 16)
+    account = await replicas[1].get_account(account_id)
+    assert (account.balance, account.allowance_remaining) == (2, 0)
+    await assert_books_balance(replicas[0])
+
+
+async def test_same_job_reserved_concurrently_is_one_hold(open_store: OpenStore) -> None:
+    replicas = [await open_store(), await open_store()]
+    account_id, _ = await replicas[0].create_account(credits=100)
+    answers = await asyncio.gather(*(replicas[i % 2].reserve("same-job", account_id) for i in range(10)))
+    assert {hold for hold, _ in answers} == {answers[0][0]}
+    assert (await replicas[0].get_account(account_id)).balance == 100 - PRICE
+    reserves = {e["txn"] for e in await replicas[0].ledger_entries(job_id="same-job")}
+    assert reserves == {"reserve:same-job"}
+    await assert_books_balance(replicas[0])
+
+
+async def test_capture_after_expiry_does_not_charge(store: Store, clock: FakeClock) -> None:
+    account_id, _ = await store.create_account(credits=100, daily_allowance=10)
+    hold, _ = await store.reserve("slow-job", account_id)
+    assert (hold.from_allowance, hold.from_balance) == (10, 8)
+    clock.advance(store.hold_ttl_ms / 1000 + 1)
+    with pytest.raises(TalosError) as caught:
+        await store.capture("slow-job")
+    assert caught.value.code == "hold_expired"
+    hold_now = await store.hold("slow-job")
+    assert hold_now is not None and hold_now.state == schema.EXPIRED
+    account = await store.get_account(account_id)
+    assert (account.balance, account.allowance_remaining) == (100, 10)
+    with pytest.raises(TalosError) as caught:  # and it stays uncharged
+        await store.capture("slow-job")
+    assert caught.value.code == "hold_expired"
+    assert not [e for e in await store.ledger_entries(job_id="slow-job") if e["kind"] == "capture"]
+    await assert_books_balance(store)
+
+
+async def test_sweep_expires_unresolved_holds(store: Store, clock: FakeClock) -> None:
+    account_id, _ = await store.create_account(credits=100)
+    await store.reserve("forgotten", account_id)
+    await store.reserve("fresh", account_id)
+    assert (await store.get_account(account_id)).balance == 100 - 2 * PRICE
+    clock.advance(store.hold_ttl_ms / 1000 - 1)
+    await store.sweep()
+    assert (await store.get_account(account_id)).balance == 100 - 2 * PRICE  # not yet
+    await store.capture("fresh")
+    clock.advance(2)
+    await store.sweep()
+    forgotten = await store.hold("forgotten")
+    fresh = await store.hold("fresh")
+    assert forgotten is not None and forgotten.state == schema.EXPIRED and forgotten.reason == "expired"
+    assert fresh is not None and fresh.state == schema.CAPTURED
+    assert (await store.get_account(account_id)).balance == 100 - PRICE
+    hold, _ = await store.release("forgotten", "late")  # resolved once: expiry stands
+    assert hold.state == schema.EXPIRED
+    await assert_books_balance(store)
+
+
+async def test_grant_allowance_and_age(store: Store) -> None:
+    account_id, _ = await store.create_account()
+    account = await store.get_account(account_id)
+    assert (account.balance, account.daily_allowance, account.age_confirmed) == (0, 0, False)
+    assert (await store.grant(account_id, 40)).balance == 40
+    account = await store.set_allowance(account_id, 25)
+    assert (account.daily_allowance, account.allowance_remaining) == (25, 25)
+    assert (await store.confirm_age(account_id)).age_confirmed
+    assert (await store.confirm_age(account_id)).age_confirmed
+    for call in (
+        store.grant(account_id, 0),
+        store.grant(account_id, -5),
+        store.set_allowance(account_id, -1),
+    ):
+        with pytest.raises(TalosError) as caught:
+            await call
+        assert caught.value.code == "invalid_request"
+    with pytest.raises(TalosError) as caught:
+        await store.grant("acc_nobody", 5)
+    assert caught.value.code == "not_found"
+    granted = [e for e in await store.ledger_entries(account=account_id) if e["kind"] == "grant"]
+    assert [e["amount"] for e in granted] == [40]
+    await assert_books_balance(store)
+
+
+async def test_insufficient_credits_changes_nothing(store: Store) -> None:
+    account_id, _ = await store.create_account(credits=17, daily_allowance=0)
+    with pytest.raises(TalosError) as caught:
+        await store.reserve("too-poor", account_id)
+    assert caught.value.code == "insufficient_credits"
+    assert await store.hold("too-poor") is None
+    assert (await store.get_account(account_id)).balance == 17
+    await store.grant(account_id, 1)
+    hold, account = await store.reserve("too-poor", account_id)  # the same job id works once funded
+    assert hold.state == schema.HELD and account.balance == 0
+    await assert_books_balance(store)
