@@ -263,7 +263,8 @@ def main() -> None:
         cpu_ok = "OK" if prompts["cpu_p99_ms"] <= 1.0 else "MISSED"
         print(
             f"prompt check ({label}; real rules, {prompts['distinct_cases']} cases, "
-            f"~{prompts['mean_chars_per_check']} chars over 4 texts, {prompts['blocked_share']:.1%} blocked): "
+            f"~{prompts['mean_chars_per_check']} chars over 4 texts, "
+            f"{prompts['blocked_share']:.1%} blocked): "
             f"wall p50 {prompts['p50_ms']:.3f} ms  p99 {prompts['p99_ms']:.3f} ms  "
             f"p99.9 {prompts['p999_ms']:.3f} ms  max {prompts['max_ms']:.2f} ms; "
             f"CPU time p50 {prompts['cpu_p50_ms']:.3f} ms  p99 {prompts['cpu_p99_ms']:.3f} ms  "

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -39,7 +38,6 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from talos_common.errors import TalosError  # noqa: E402
-
 from talos_gateway.config import Settings  # noqa: E402
 from talos_gateway.relay import Relay, start_relay_server  # noqa: E402
 from talos_gateway.relay.contract import Finished, RenderSpec, Started  # noqa: E402
@@ -71,7 +69,9 @@ def rss_mib() -> float:
 async def serve_peers(address: str, count: int, first: int) -> None:
     """Child-process mode: ``count`` peers dial ``address``; prints READY once all are welcomed."""
     peers = [
-        PeerNode(address, f"bench-{first + i}", sizes=(f"{SIZE}x{SIZE}",), concurrency=1, seconds_per_step=0.01)
+        PeerNode(
+            address, f"bench-{first + i}", sizes=(f"{SIZE}x{SIZE}",), concurrency=1, seconds_per_step=0.01
+        )
         for i in range(count)
     ]
     for batch in range(0, count, 100):
@@ -206,7 +206,7 @@ async def bench_nodes(count: int, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         await peers.start()
-        while relay.status()["nodes_idle"] < count:
+        while relay.status()["nodes_idle"] < count:  # noqa: ASYNC110 - polling the relay's own counter
             await asyncio.sleep(0.05)
         connect_s = time.perf_counter() - t0
         rss_per_node_kib = (rss_mib() - rss0) * 1024 / count
@@ -258,14 +258,21 @@ async def main(args: argparse.Namespace) -> None:
     for count in args.nodes:
         result = await bench_nodes(count, args)
         results.append(result)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}), flush=True)
+        print(
+            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}), flush=True
+        )
     print()
-    print(f"relay benchmark: {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, grpcio {grpc.__version__}")
-    print(f"peers {'in-process' if args.in_process else 'in a child process'}; {STEPS} steps, {SIZE}x{SIZE} png per job;")
-    print(f"{args.sequential} sequential jobs (idle nodes), then {args.jobs} jobs with {args.in_flight} in flight")
+    machine = f"{platform.node()}, {os.cpu_count()} cpus, python {platform.python_version()}"
+    print(f"relay benchmark: {machine}, grpcio {grpc.__version__}")
+    where = "in-process" if args.in_process else "in a child process"
+    print(f"peers {where}; {STEPS} steps, {SIZE}x{SIZE} png per job;")
+    print(
+        f"{args.sequential} jobs one at a time (idle nodes), then {args.jobs} with {args.in_flight} in flight"
+    )
     header = (
-        f"{'nodes':>6} {'connect s':>9} {'KiB/node':>8} {'idle disp p50/p99 ms':>21} {'idle total p50/p99':>19} "
-        f"{'load disp p50/p99':>18} {'load total p50/p99':>19} {'jobs/s':>7} {'cpu ms/job':>10}"
+        f"{'nodes':>6} {'connect s':>9} {'KiB/node':>8} {'idle disp p50/p99 ms':>21} "
+        f"{'idle total p50/p99':>19} {'load disp p50/p99':>18} {'load total p50/p99':>19} "
+        f"{'jobs/s':>7} {'cpu ms/job':>10}"
     )
     print(header)
     for r in results:
@@ -274,7 +281,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{r['idle_dispatch_p50_ms']:>10.2f}/{r['idle_dispatch_p99_ms']:<10.2f} "
             f"{r['idle_total_p50_ms']:>9.2f}/{r['idle_total_p99_ms']:<9.2f} "
             f"{r['dispatch_p50_ms']:>8.2f}/{r['dispatch_p99_ms']:<9.2f} "
-            f"{r['total_p50_ms']:>9.2f}/{r['total_p99_ms']:<9.2f} {r['jobs_per_s']:>7.0f} {r['cpu_ms_per_job']:>10.2f}"
+            f"{r['total_p50_ms']:>9.2f}/{r['total_p99_ms']:<9.2f} "
+            f"{r['jobs_per_s']:>7.0f} {r['cpu_ms_per_job']:>10.2f}"
         )
     if len(results) > 1:
         a, b = results[0], results[-1]
@@ -285,11 +293,16 @@ async def main(args: argparse.Namespace) -> None:
             f"cpu per job x{b['cpu_ms_per_job'] / a['cpu_ms_per_job']:.2f}"
         )
     if not args.skip_validation:
-        print("checking one 1024x1024 result (full decode), ms:", json.dumps({k: round(v, 1) for k, v in validation_cost().items()}))
+        print(
+            "checking one 1024x1024 result (full decode), ms:",
+            json.dumps({k: round(v, 1) for k, v in validation_cost().items()}),
+        )
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000])
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the loaded phase")
     parser.add_argument("--sequential", type=int, default=300, help="jobs one at a time, idle nodes")

@@ -38,7 +38,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         assert not stale, f"stale generated code (run `make protos`): {stale}"
 
 
-_ELEMENT = re.compile(r"^\s*(message|service|enum|rpc|oneof)\s|^\s*(repeated\s+|optional\s+)?[\w.<>, ]+\s+\w+\s*=\s*\d+;")
+_ELEMENT = re.compile(
+    r"^\s*(message|service|enum|rpc|oneof)\s|^\s*(repeated\s+|optional\s+)?[\w.<>, ]+\s+\w+\s*=\s*\d+;"
+)
 
 
 def test_every_message_and_field_has_a_comment() -> None:

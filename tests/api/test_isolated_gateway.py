@@ -7,6 +7,8 @@ classifier blocks every image (threshold 0), and SIGTERM.
 - 18+ off → ClassifyImage is called and its block is a 422 output_blocked, refunded;
 - 18+ on → ClassifyImage is never called: the image comes back although this moderation would
   block every image, its log shows no image verdict and the gateway's classify counter is flat;
+- a result nobody collects is dropped after result_ttl_seconds;
+- readiness is 503 while moderation does not answer;
 - SIGTERM → new jobs get 503, the job in flight finishes and is charged, the one that cannot
   finish within the grace fails and is refunded, and the process exits 0.
 """
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_RULES = REPO / "tests" / "moderation" / "test_rules.json"
 RATE_PER_MINUTE = 5
 DRAIN_GRACE = 4
+RESULT_TTL = 2
 
 
 @dataclass
@@ -107,6 +110,7 @@ def stack(mesh: LocalMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "TALOS_GATEWAY_MODERATION_ADDR": str(moderation.ready["grpc"]),
             "TALOS_GATEWAY_RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),
             "TALOS_GATEWAY_DRAIN_GRACE_SECONDS": str(DRAIN_GRACE),
+            "TALOS_GATEWAY_RESULT_TTL_SECONDS": str(RESULT_TTL),
         },
         log_dir / "gateway.log",
     )
@@ -184,14 +188,75 @@ async def test_18_plus_on_never_calls_the_classifier(stack: Stack, iso: Api, mes
     assert stack.image_verdicts() == verdicts
 
 
+async def test_an_uncollected_result_is_dropped_after_the_ttl(
+    stack: Stack, iso: Api, mesh: LocalMesh
+) -> None:
+    account = mesh.create_account(1000)
+    key = account.api_key
+    assert (await iso.call("POST", "/v1/account/age-confirmation", key, {"confirm": True})).status == 200
+    reply = await iso.submit(key, {"prompt": "a forgotten picture", "steps": 2, "nsfw": True})
+    assert reply.status == 202
+    job_id = reply.body["job_id"]
+
+    async def ended() -> bool:  # observed without watching: a watch would collect the result
+        return await asyncio.to_thread(lambda: stack.readiness().get("jobs_active") == 0)
+
+    await wait_until(ended, what="the job's end")
+
+    async def held() -> bool:
+        return await iso.metric("talos_gateway_jobs_held") >= 1
+
+    await wait_until(held, what="the ended job's record")
+
+    async def forgotten() -> bool:
+        return await iso.metric("talos_gateway_jobs_held") == 0
+
+    await wait_until(forgotten, within=RESULT_TTL + 10, what="the record to expire")
+    status, events = await iso.events(key, job_id)
+    assert status == 404 and events[0][1]["error"]["code"] == "not_found"
+    # It completed, so it was charged: the client had the TTL to collect it.
+    assert mesh.account(account.account_id).balance == 1000 - PRICE
+
+
+async def test_readiness_needs_moderation(mesh: LocalMesh, tmp_path: Path) -> None:
+    gateway = ServiceProcess(
+        "gateway-no-moderation",
+        python_module("talos_gateway"),
+        {
+            "TALOS_GATEWAY_HOST": "127.0.0.1",
+            "TALOS_GATEWAY_HTTP_PORT": "0",
+            "TALOS_GATEWAY_GRPC_PORT": "0",
+            "TALOS_GATEWAY_RELAY_PORT": "0",
+            "TALOS_GATEWAY_BILLING_ADDR": mesh.billing_addr,
+            "TALOS_GATEWAY_MODERATION_ADDR": "127.0.0.1:9",  # nothing listens there
+            "TALOS_GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS": "1",
+        },
+        tmp_path / "gateway.log",
+    )
+    gateway.start()
+    client = Api(str(gateway.ready["http"]))
+    try:
+        ready = await client.call("GET", "/readyz")
+        assert ready.status == 503
+        assert ready.body["billing"] is True and ready.body["moderation"] is False
+        assert ready.body["ready"] is False and ready.body["nodes_connected"] == 0
+        alive = await client.call("GET", "/healthz")
+        assert alive.status == 200
+    finally:
+        await client.close()
+        assert await asyncio.to_thread(gateway.stop) == 0
+
+
 async def test_sigterm_drains_finishes_or_refunds_then_exits_0(
     stack: Stack, iso: Api, mesh: LocalMesh
 ) -> None:
     account = mesh.create_account(1000)
     key = account.api_key
+    # 18+ on: this stack's moderation would block every image otherwise.
+    assert (await iso.call("POST", "/v1/account/age-confirmation", key, {"confirm": True})).status == 200
     url = iso.base_url + "/v1/images/generations"
-    short = {"prompt": "a quick sketch", "stream": True, "steps": 2}
-    long = {"prompt": "a very long render", "stream": True, "steps": 60, "size": "1216x832"}
+    short = {"prompt": "a quick sketch", "stream": True, "steps": 2, "nsfw": True}
+    long = {"prompt": "a very long render", "stream": True, "steps": 60, "size": "1216x832", "nsfw": True}
 
     async def run(body: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
         async with iso.session.post(url, json=body, headers=auth(key)) as resp:

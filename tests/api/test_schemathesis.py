@@ -2,7 +2,7 @@
 
 Schemathesis (its own CLI, as an integrator would run it) reads /v1/openapi.json from the live
 gateway and sends generated valid and invalid requests to every operation. The account has
-credits for two images only, so the run stays short whatever the generator picks.
+credits for one image only, so the run stays short whatever the generator picks.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ CHECKS = ",".join(
 
 
 def test_fuzz_finds_no_server_error_and_no_schema_violation(mesh: LocalMesh, tmp_path: Path) -> None:
-    account = mesh.create_account(credits=36)
+    account = mesh.create_account(credits=18)
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "run",
         mesh.http_url + "/v1/openapi.json",
         "--phases=examples,fuzzing",
-        "--max-examples=12",
+        "--max-examples=10",
         "--workers=1",
         "--seed=20261123",
         "--no-shrink",

@@ -1,9 +1,10 @@
 """Billing fixtures: the same store on SQLite (a file under tmp_path) and PostgreSQL.
 
 PostgreSQL is the local server (127.0.0.1:5432, user postgres, database ``test``, or
-``$TALOS_TEST_POSTGRES_URL``); each test session gets a fresh schema there, dropped at
-the end. Without a reachable server the PostgreSQL cases are skipped, except under
-CI=true, where that is a failure.
+``$TALOS_TEST_POSTGRES_URL``); each test gets a fresh schema there (all dropped at the
+end of the session), so every test's books, and its audit, are its own. Without a
+reachable server the PostgreSQL cases are skipped, except under CI=true, where that is a
+failure.
 """
 
 from __future__ import annotations
@@ -63,18 +64,32 @@ async def _postgres_exec(url: str, sql: str) -> None:
         await conn.close()
 
 
+class PostgresSchemas:
+    """Hands out a fresh schema per test (so each test's books are its own); drops them all."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def new(self) -> str:
+        name = f"talos_billing_test_{secrets.token_hex(5)}"
+        self.created.append(name)
+        return name
+
+
 @pytest.fixture(scope="session")
-def postgres_schema() -> Iterator[str]:
-    """A fresh schema in the test database for this session; skipped (or failed in CI) without one."""
+def postgres_schemas() -> Iterator[PostgresSchemas]:
+    """PostgreSQL for this session; skipped without one (a failure under CI=true)."""
     problem = asyncio.run(_postgres_check(POSTGRES_URL))
     if problem is not None:
         message = f"PostgreSQL not reachable at {POSTGRES_URL} ({problem})"
         if IN_CI:
             pytest.fail(message + "; CI=true requires it")
         pytest.skip(message)
-    schema = f"talos_billing_test_{secrets.token_hex(4)}"
-    yield schema
-    asyncio.run(_postgres_exec(POSTGRES_URL, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    schemas = PostgresSchemas()
+    yield schemas
+    if schemas.created:
+        drops = "; ".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE' for name in schemas.created)
+        asyncio.run(_postgres_exec(POSTGRES_URL, drops))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -87,8 +102,8 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
     """Settings for one test's store on the parametrised backend."""
     base = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, sweep_seconds=3600.0, log_level="debug")
     if backend == "postgresql":
-        schema = request.getfixturevalue("postgres_schema")
-        return replace(base, database_url=POSTGRES_URL, database_schema=schema)
+        schemas: PostgresSchemas = request.getfixturevalue("postgres_schemas")
+        return replace(base, database_url=POSTGRES_URL, database_schema=schemas.new())
     return base
 
 

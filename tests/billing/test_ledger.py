@@ -26,6 +26,12 @@ async def assert_books_balance(store: Store) -> None:
     assert report.ledger_sum == 0
 
 
+async def two_replicas(open_store: OpenStore) -> list[Store]:
+    """Two billing replicas on one database; on PostgreSQL one tries batches without locks
+    first (the default), the other locks from the start, so both paths meet in the races."""
+    return [await open_store(), await open_store(optimistic_batches=False)]
+
+
 async def reserve_outcome(store: Store, job_id: str, account_id: str) -> str:
     try:
         await store.reserve(job_id, account_id)
@@ -105,7 +111,7 @@ async def test_job_id_of_another_account_is_a_conflict(store: Store) -> None:
 
 async def test_mixed_submitters_property(open_store: OpenStore) -> None:
     """8 submitters × 25 jobs on one account of 3,000: half captured, half released."""
-    replicas = [await open_store(), await open_store()]
+    replicas = await two_replicas(open_store)
     account_id, _ = await replicas[0].create_account(credits=3000)
     rng = random.Random(5)
     plan = {f"prop-{s}-{j}": rng.random() < 0.5 for s in range(8) for j in range(25)}
@@ -143,7 +149,7 @@ async def test_mixed_submitters_property(open_store: OpenStore) -> None:
 
 async def test_parallel_reserves_never_overdraw(open_store: OpenStore) -> None:
     """50 parallel reserves on 35 credits: exactly one is accepted."""
-    replicas = [await open_store(), await open_store()]
+    replicas = await two_replicas(open_store)
     account_id, _ = await replicas[0].create_account(credits=35)
     outcomes = await asyncio.gather(
         *(reserve_outcome(replicas[i % 2], f"race-{i}", account_id) for i in range(50))
@@ -156,7 +162,7 @@ async def test_parallel_reserves_never_overdraw(open_store: OpenStore) -> None:
 
 async def test_allowance_then_balance_race(open_store: OpenStore) -> None:
     """20 allowance credits + 18 on the balance: exactly two reserves, allowance spent first."""
-    replicas = [await open_store(), await open_store()]
+    replicas = await two_replicas(open_store)
     account_id, _ = await replicas[0].create_account(credits=18, daily_allowance=20)
     outcomes = await asyncio.gather(
         *(reserve_outcome(replicas[i % 2], f"allow-{i}", account_id) for i in range(30))
@@ -173,7 +179,7 @@ async def test_allowance_then_balance_race(open_store: OpenStore) -> None:
 
 
 async def test_same_job_reserved_concurrently_is_one_hold(open_store: OpenStore) -> None:
-    replicas = [await open_store(), await open_store()]
+    replicas = await two_replicas(open_store)
     account_id, _ = await replicas[0].create_account(credits=100)
     answers = await asyncio.gather(*(replicas[i % 2].reserve("same-job", account_id) for i in range(10)))
     assert {hold for hold, _ in answers} == {answers[0][0]}
@@ -259,3 +265,34 @@ async def test_insufficient_credits_changes_nothing(store: Store) -> None:
     hold, account = await store.reserve("too-poor", account_id)  # the same job id works once funded
     assert hold.state == schema.HELD and account.balance == 0
     await assert_books_balance(store)
+
+
+async def test_hot_account_under_two_replicas_keeps_every_credit(open_store: OpenStore) -> None:
+    """Many reserves, grants and releases on one account from both replicas at once."""
+    replicas = await two_replicas(open_store)
+    account_id, _ = await replicas[0].create_account(credits=18 * 10)
+
+    async def worker(index: int) -> int:
+        store = replicas[index % 2]
+        charged = 0
+        for j in range(6):
+            job_id = f"hot-{index}-{j}"
+            try:
+                await store.reserve(job_id, account_id)
+            except TalosError as error:
+                assert error.code == "insufficient_credits"
+                await store.grant(account_id, 18)
+                continue
+            if j % 3 == 0:
+                await replicas[(index + 1) % 2].release(job_id, "node_failed")
+            else:
+                await replicas[(index + 1) % 2].capture(job_id)
+                charged += 1
+        return charged
+
+    charged = sum(await asyncio.gather(*(worker(i) for i in range(12))))
+    granted = [e for e in await replicas[0].ledger_entries(account=account_id) if e["kind"] == "grant"]
+    account = await replicas[1].get_account(account_id)
+    assert account.balance == sum(e["amount"] for e in granted) - 18 * charged
+    assert account.balance >= 0
+    await assert_books_balance(replicas[0])

@@ -51,32 +51,39 @@ def pod_environment(docs: list[dict[str, Any]], service: str) -> dict[str, str]:
 
 
 class Live:
+    """The four services as processes; every port is chosen before anything starts."""
+
     def __init__(self, docs: list[dict[str, Any]], tmp: Path) -> None:
         self.docs = docs
         self.tmp = tmp
         self.ports: dict[str, dict[str, int]] = {}
+        self.envs: dict[str, dict[str, str]] = {}
         self.procs: dict[str, ServiceProcess] = {}
+        for service in k8s.SERVICES:
+            self.ports[service] = {port.name: free_port() for port in k8s.SERVICES[service].ports}
 
-    def environment(self, service: str, **overrides: str) -> dict[str, str]:
+    def address(self, service: str, port: str) -> str:
+        return f"127.0.0.1:{self.ports[service][port]}"
+
+    def prepare(self, service: str, **overrides: str) -> None:
         spec = k8s.SERVICES[service]
         prefix = spec.prefix()
         env = pod_environment(self.docs, service)
-        self.ports[service] = {}
         for port in spec.ports:
-            number = free_port()
-            self.ports[service][port.name] = number
             env[prefix + port.host_field.upper()] = "127.0.0.1"
-            env[prefix + port.port_field.upper()] = str(number)
+            env[prefix + port.port_field.upper()] = str(self.ports[service][port.name])
         for field in spec.writable_fields:
             env[prefix + field.upper()] = str(self.tmp / service)
         env.update({prefix + k.upper(): v for k, v in overrides.items()})
-        return env
+        self.envs[service] = env
 
-    def start(self, service: str, **overrides: str) -> ServiceProcess:
+    def start(self, service: str, **more: str) -> ServiceProcess:
+        prefix = k8s.SERVICES[service].prefix()
+        env = {**self.envs[service], **{prefix + k.upper(): v for k, v in more.items()}}
         proc = ServiceProcess(
             service,
             python_module(k8s.SERVICES[service].module),
-            self.environment(service, **overrides),
+            env,
             self.tmp / "logs" / f"{service}.log",
             cwd=self.tmp,
         )
@@ -85,8 +92,9 @@ class Live:
         return proc
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop(timeout=30)
+        for service in ("render", "gateway", "moderation", "billing"):  # nodes first, billing last
+            if service in self.procs:
+                self.procs[service].stop(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -94,42 +102,42 @@ def live(
     rendered: dict[str, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Live]:
     mesh = Live(rendered["dev"], tmp_path_factory.mktemp("live"))
+    mesh.prepare("billing", database_url="")  # SQLite: the dev PostgreSQL lives in the cluster
+    mesh.prepare("moderation")
+    mesh.prepare(
+        "gateway",
+        billing_addr=mesh.address("billing", "grpc"),
+        moderation_addr=mesh.address("moderation", "grpc"),
+    )
+    mesh.prepare("render", relay=mesh.address("gateway", "relay"), data_dir=str(RENDER_CACHE))
+    errors: list[BaseException] = []
+
+    def start(service: str) -> None:
+        try:
+            if service == "render":  # its node token comes from the live billing
+                billing_started.wait(START_TIMEOUT)
+                with grpc.insecure_channel(mesh.address("billing", "grpc")) as channel:
+                    stub = billing_pb2_grpc.BillingServiceStub(channel)
+                    request = billing_pb2.CreateNodeTokenRequest(name="deploy-test")
+                    token = stub.CreateNodeToken(request, timeout=30, wait_for_ready=True).token
+                mesh.start(service, token=token)
+            else:
+                mesh.start(service)
+                if service == "billing":
+                    billing_started.set()
+        except BaseException as exc:  # re-raised below, in the fixture's thread
+            errors.append(exc)
+            billing_started.set()
+
+    billing_started = threading.Event()
+    threads = [threading.Thread(target=start, args=(s,)) for s in k8s.SERVICES]
     try:
-        errors: list[BaseException] = []
-
-        def start(service: str, **overrides: str) -> None:
-            try:
-                mesh.start(service, **overrides)
-            except BaseException as exc:  # reported below, in the test's thread
-                errors.append(exc)
-
-        first = [
-            threading.Thread(target=start, args=("billing",), kwargs={"database_url": ""}),
-            threading.Thread(target=start, args=("moderation",)),
-        ]
-        for thread in first:
+        for thread in threads:
             thread.start()
-        for thread in first:
+        for thread in threads:
             thread.join()
         if errors:
             raise errors[0]
-        mesh.start(
-            "gateway",
-            billing_addr=f"127.0.0.1:{mesh.ports['billing']['grpc']}",
-            moderation_addr=f"127.0.0.1:{mesh.ports['moderation']['grpc']}",
-        )
-        with grpc.insecure_channel(f"127.0.0.1:{mesh.ports['billing']['grpc']}") as channel:
-            token = (
-                billing_pb2_grpc.BillingServiceStub(channel)
-                .CreateNodeToken(billing_pb2.CreateNodeTokenRequest(name="deploy-test"), timeout=10)
-                .token
-            )
-        mesh.start(
-            "render",
-            relay=f"127.0.0.1:{mesh.ports['gateway']['relay']}",
-            token=token,
-            data_dir=str(RENDER_CACHE),
-        )
         yield mesh
     finally:
         mesh.stop()

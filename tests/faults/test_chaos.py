@@ -62,12 +62,12 @@ def _client(mesh: LocalMesh, key: str, stop: threading.Event, log: ClientLog, se
             log.transport_errors += 1
 
 
-def _restart(proc: ServiceProcess) -> None:
+def _restart(mesh: LocalMesh, proc: ServiceProcess) -> None:
     for _ in range(20):
         try:
-            proc.start(timeout=180)
+            mesh.restart(proc)
             return
-        except Exception:  # noqa: BLE001 - the port may still be settling after a kill
+        except Exception:
             time.sleep(0.5)
     raise RuntimeError(f"{proc.name} did not come back")
 
@@ -76,8 +76,14 @@ def _restart(proc: ServiceProcess) -> None:
 def test_chaos_loses_no_credit(tmp_path: Path) -> None:
     mesh = verbose_mesh(
         tmp_path / "var",
-        billing_env={"TALOS_BILLING_HOLD_TTL_SECONDS": str(HOLD_TTL), "TALOS_BILLING_SWEEP_SECONDS": str(SWEEP)},
-        gateway_env={"TALOS_GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS": "3", "TALOS_GATEWAY_QUEUE_TIMEOUT_SECONDS": "15"},
+        billing_env={
+            "TALOS_BILLING_HOLD_TTL_SECONDS": str(HOLD_TTL),
+            "TALOS_BILLING_SWEEP_SECONDS": str(SWEEP),
+        },
+        gateway_env={
+            "TALOS_GATEWAY_DOWNSTREAM_TIMEOUT_SECONDS": "3",
+            "TALOS_GATEWAY_QUEUE_TIMEOUT_SECONDS": "15",
+        },
     )
     rng = random.Random(20261123)
     faults: Counter[str] = Counter()
@@ -107,7 +113,7 @@ def test_chaos_loses_no_credit(tmp_path: Path) -> None:
             victim.kill()
             faults[victim_name] += 1
             time.sleep(rng.uniform(0.2, 1.5))
-            _restart(victim)
+            _restart(mesh, victim)
         stop.set()
         for client in clients:
             client.join(timeout=120)
@@ -118,7 +124,8 @@ def test_chaos_loses_no_credit(tmp_path: Path) -> None:
         for account, log in zip(accounts, logs, strict=True):
             states = dict(
                 db.execute(
-                    "SELECT state, count(*) FROM holds WHERE account_id = ? GROUP BY state", (account.account_id,)
+                    "SELECT state, count(*) FROM holds WHERE account_id = ? GROUP BY state",
+                    (account.account_id,),
                 ).fetchall()
             )
             assert states.get(HELD, 0) == 0, f"holds left unresolved: {states}"

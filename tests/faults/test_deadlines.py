@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import grpc
 import pytest
-from talos.api.v1 import api_pb2, api_pb2_grpc
 
+from talos.api.v1 import api_pb2, api_pb2_grpc
 from talos_common.mesh import LocalMesh
 
 from .conftest import http, verbose_mesh
@@ -117,7 +117,10 @@ def test_client_disconnect_mid_render_releases_the_hold(drain_mesh: LocalMesh) -
     # The connection is gone: the node is told to cancel and the hold is released.
     assert _wait_balance(drain_mesh, account.account_id, 1000) == 1000
     follow_up = http(
-        "POST", drain_mesh.http_url + "/v1/images/generations", account.api_key, {"prompt": "a boat", "steps": 2}
+        "POST",
+        drain_mesh.http_url + "/v1/images/generations",
+        account.api_key,
+        {"prompt": "a boat", "steps": 2},
     )
     assert follow_up.status == 200, follow_up.body
 
@@ -161,7 +164,7 @@ def test_sigterm_with_jobs_in_flight_loses_nothing(drain_mesh: LocalMesh, victim
     code = proc.stop(timeout=60)  # SIGTERM, then wait for the drain
     assert code == 0, f"{victim} exited with {code}"
     client.join(timeout=120)
-    proc.start(timeout=180)
+    drain_mesh.restart(proc)
     if victim == "gateway":
         drain_mesh.wait_for_nodes(1)
     terminal = [e for e in events if e in ("completed", "failed", "connection_lost")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from talos.api.v1 import api_pb2, api_pb2_grpc
 
 from .conftest import http, postgres_dsn, postgres_dump, verbose_mesh
@@ -57,7 +58,9 @@ def test_canary_prompt_seed_and_image_leave_no_trace(tmp_path: Path, store: str)
         assert reply.body["data"][0]["seed"] == seed
         images.append(base64.b64decode(reply.body["data"][0]["b64_json"]))
 
-        streamed = http("POST", mesh.http_url + "/v1/images/generations", account.api_key, {**body, "stream": True})
+        streamed = http(
+            "POST", mesh.http_url + "/v1/images/generations", account.api_key, {**body, "stream": True}
+        )
         assert streamed.status == 200
         assert b"event: completed" in streamed.body if isinstance(streamed.body, bytes) else True
 

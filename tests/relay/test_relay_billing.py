@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 
+from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_common.errors import from_rpc_error
 from talos_common.procs import ServiceProcess, python_module
-
 from talos_gateway.relay.contract import Finished
 
 from .conftest import MakeRelay, TokenTable, collect, spec
@@ -42,13 +40,17 @@ class BillingTokens(TokenTable):
         return reply.node_id, reply.token
 
     async def revoke(self, node_id: str) -> bool:
-        reply = await self.stub.RevokeNodeToken(billing_pb2.RevokeNodeTokenRequest(node_id=node_id), timeout=10)
+        reply = await self.stub.RevokeNodeToken(
+            billing_pb2.RevokeNodeTokenRequest(node_id=node_id), timeout=10
+        )
         return bool(reply.revoked)
 
     async def authenticate(self, token: str) -> str:
         self.calls += 1
         try:
-            reply = await self.stub.AuthenticateNode(billing_pb2.AuthenticateNodeRequest(token=token), timeout=5)
+            reply = await self.stub.AuthenticateNode(
+                billing_pb2.AuthenticateNodeRequest(token=token), timeout=5
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         return str(reply.node_id)

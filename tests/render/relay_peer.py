@@ -29,6 +29,7 @@ class NodeStream:
     incoming: asyncio.Queue[relay_pb2.NodeMessage | None] = field(default_factory=asyncio.Queue)
     outgoing: asyncio.Queue[relay_pb2.RelayMessage | None] = field(default_factory=asyncio.Queue)
     heartbeats: int = 0
+    heartbeat_seen: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def send_job(self, job: relay_pb2.RenderJob) -> None:
@@ -38,15 +39,12 @@ class NodeStream:
         self.outgoing.put_nowait(relay_pb2.RelayMessage(cancel=relay_pb2.CancelJob(job_id=job_id)))
 
     async def next(self, within: float = 60.0) -> relay_pb2.NodeMessage:
-        """The next message other than a heartbeat; fails if the stream ends first."""
+        """The next message other than a heartbeat (those are counted); fails if the stream ends."""
         async with asyncio.timeout(within):
             while True:
                 message = await self.incoming.get()
                 if message is None:
                     raise EOFError("the node closed its stream")
-                if message.WhichOneof("msg") == "heartbeat":
-                    self.heartbeats += 1
-                    continue
                 return message
 
     async def job_events(self, job_id: str, within: float = 120.0) -> list[relay_pb2.NodeMessage]:
@@ -69,6 +67,7 @@ class RelayPeer(relay_pb2_grpc.RelayServiceServicer):
         self.heartbeat_seconds = heartbeat_seconds
         self.streams: asyncio.Queue[NodeStream] = asyncio.Queue()
         self.refused = 0
+        self.refusal = asyncio.Event()
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -79,6 +78,7 @@ class RelayPeer(relay_pb2_grpc.RelayServiceServicer):
         authorization = str(metadata.get("authorization", ""))
         if authorization != f"Bearer {self.token}":
             self.refused += 1
+            self.refusal.set()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown node token")
         first = await anext(aiter(request_iterator))
         assert first.WhichOneof("msg") == "hello", "the node's first message must be a Hello"
@@ -87,7 +87,11 @@ class RelayPeer(relay_pb2_grpc.RelayServiceServicer):
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    stream.incoming.put_nowait(message)
+                    if message.WhichOneof("msg") == "heartbeat":
+                        stream.heartbeats += 1
+                        stream.heartbeat_seen.set()
+                    else:
+                        stream.incoming.put_nowait(message)
             finally:
                 stream.incoming.put_nowait(None)
                 stream.outgoing.put_nowait(None)
@@ -114,7 +118,10 @@ class RelayPeer(relay_pb2_grpc.RelayServiceServicer):
             return await self.streams.get()
 
     async def start(self, port: int = 0) -> int:
-        options = common_server.message_size_options(32 * common_server.MiB) + common_server.KEEPALIVE_SERVER_OPTIONS
+        options = (
+            common_server.message_size_options(32 * common_server.MiB)
+            + common_server.KEEPALIVE_SERVER_OPTIONS
+        )
         self.server = grpc.aio.server(options=options)
         relay_pb2_grpc.add_RelayServiceServicer_to_server(self, self.server)
         self.port = common_server.bind(self.server, "127.0.0.1", port)

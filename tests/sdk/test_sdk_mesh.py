@@ -99,25 +99,18 @@ async def test_async_client_generates_with_a_chosen_size_and_format(mesh: LocalM
     assert "cinematic" in {style.id for style in options.styles}
 
 
-def test_the_same_seed_gives_the_same_image_and_submit_watch_follow_a_job(mesh: LocalMesh, account: Account):
-    with _client(mesh, account.api_key) as client:
-        first = client.generate_image("a stone bridge", steps=2, seed=77)
-        job_id = client.submit("a stone bridge", steps=2, seed=77)
-        second = client.watch(job_id).result()
-    assert second.job_id == job_id != first.job_id
-    assert second.image == first.image and second.seed == 77
-
-
-def test_a_repeated_idempotency_key_returns_the_same_job(mesh: LocalMesh, account: Account):
+def test_submit_watch_and_the_idempotency_key_return_one_job_charged_once(mesh: LocalMesh, account: Account):
     key = f"order-{uuid.uuid4()}"
     with _client(mesh, account.api_key) as client:
-        job_id = client.submit("a paper boat", steps=2, seed=1, idempotency_key=key)
-        assert client.submit("a paper boat", steps=2, seed=1, idempotency_key=key) == job_id
+        job_id = client.submit("a paper boat", steps=2, seed=77, idempotency_key=key)
+        assert client.submit("a paper boat", steps=2, seed=77, idempotency_key=key) == job_id
         with pytest.raises(talos_sdk.IdempotencyConflict):
-            client.submit("a different boat", steps=2, seed=1, idempotency_key=key)
-        result = client.watch(job_id).result()
-        assert result.job_id == job_id
+            client.submit("a different boat", steps=2, seed=77, idempotency_key=key)
+        watched = client.watch(job_id).result()
+        assert watched.job_id == job_id and watched.seed == 77
         assert client.account().balance == 1000 - PRICE  # charged once
+        again = client.generate_image("a paper boat", steps=2, seed=77)
+    assert again.job_id != job_id and again.image == watched.image  # same seed, same picture
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -186,17 +179,12 @@ def test_a_refused_prompt_raises_content_policy_violation(mesh: LocalMesh, accou
         assert client.account().balance == 1000
 
 
-def test_unknown_or_foreign_job_ids_raise_not_found(mesh: LocalMesh, account: Account):
-    other = mesh.create_account(100)
+def test_unknown_job_ids_raise_not_found(mesh: LocalMesh, account: Account):
     with _client(mesh, account.api_key) as client:
         with pytest.raises(talos_sdk.NotFound):
             client.cancel(str(uuid.uuid4()))
         with pytest.raises(talos_sdk.NotFound):
             list(client.watch(str(uuid.uuid4())))
-        job_id = client.submit("a lighthouse", steps=1)
-        client.watch(job_id).result()
-    with _client(mesh, other.api_key) as intruder, pytest.raises(talos_sdk.NotFound):
-        intruder.cancel(job_id)
 
 
 # -- cancel -------------------------------------------------------------------------------------
@@ -205,6 +193,9 @@ def test_unknown_or_foreign_job_ids_raise_not_found(mesh: LocalMesh, account: Ac
 def test_cancel_ends_a_running_job_as_failed_and_refunds_it(mesh: LocalMesh, account: Account):
     with _client(mesh, account.api_key) as client:
         job_id = client.submit("a slow lighthouse", steps=60, size="1216x832")
+        # Another account's job id answers not_found, always.
+        with _client(mesh, mesh.create_account(100).api_key) as intruder, pytest.raises(talos_sdk.NotFound):
+            intruder.cancel(job_id)
         stream = client.watch(job_id)
         cancelled = None
         events: list[talos_sdk.Event] = []
@@ -311,3 +302,19 @@ def test_cli_exit_codes_tell_failures_apart(mesh: LocalMesh, account: Account, t
         refused = _talos(mesh, account.api_key, "generate", _refused_prompt(), "-o", str(out), cwd=tmp_path)
         assert refused.returncode == 3, refused.stderr
         assert "content_policy_violation" in refused.stderr
+
+
+def test_the_example_script_runs(mesh: LocalMesh, account: Account, tmp_path: Path):
+    example = Path(__file__).resolve().parents[2] / "sdk" / "examples" / "generate.py"
+    env = {**os.environ, "TALOS_API_KEY": account.api_key, "TALOS_ADDRESS": mesh.grpc_addr}
+    done = subprocess.run(
+        [sys.executable, str(example), "a harbour at dawn", str(tmp_path / "harbour.png")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _decode((tmp_path / "harbour.png").read_bytes()).size == (1216, 832)
+    assert "charged 18" in done.stdout

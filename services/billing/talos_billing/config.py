@@ -28,8 +28,11 @@ class Settings:
     sweep_seconds: float = 5.0
     # Ledger operations that arrive together commit in one transaction, at most this many.
     batch_max: int = 256
-    # Batches committing at once: 0 means 1 on SQLite (one writer) and 4 on PostgreSQL.
+    # Batches committing at once: 0 means 1 on SQLite (one writer) and 2 on PostgreSQL.
     batch_workers: int = 0
+    # PostgreSQL: try each batch on a snapshot without locks first (retried with row locks
+    # when a concurrent batch got there first); false locks from the start.
+    optimistic_batches: bool = True
     # SQLite's synchronous pragma: FULL syncs every commit to disk (NORMAL survives a
     # process crash but may lose the last commits on power loss).
     sqlite_synchronous: str = "FULL"

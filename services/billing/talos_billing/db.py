@@ -66,9 +66,16 @@ def _sqlite_engines(url: URL, settings: Settings) -> tuple[AsyncEngine, AsyncEng
     synchronous = settings.sqlite_synchronous.upper()
     if synchronous not in _SYNCHRONOUS:
         raise ValueError(f"sqlite_synchronous must be one of {sorted(_SYNCHRONOUS)}")
-    # One writer connection: write transactions queue for it instead of busy-waiting.
+    # One writer connection: write transactions queue for it instead of busy-waiting. Every
+    # use is an ``engine.begin()`` block that ends in COMMIT or ROLLBACK, so the pool need not
+    # roll back again when the connection comes back (with aiosqlite that is a thread hop).
     writer = create_async_engine(
-        url, pool_size=1, max_overflow=0, pool_timeout=300, use_insertmanyvalues=False
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=300,
+        pool_reset_on_return=None,
+        use_insertmanyvalues=False,
     )
     reader = create_async_engine(url, pool_size=4, max_overflow=4, pool_timeout=30)
     _sqlite_events(writer, synchronous, "BEGIN IMMEDIATE")

@@ -6,20 +6,25 @@ Everything that moves credits (reserve, capture, release, expiry, grant) or chan
 account goes through one *batch engine*: operations that arrive together are applied in
 one transaction (group commit). A batch
 
-1. locks the accounts it touches, in id order (``SELECT ... ORDER BY id FOR UPDATE`` on
-   PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already makes the writer exclusive),
-2. reads the holds of its jobs (every change to a hold happens under its account's lock,
-   so this read is exact),
-3. applies the operations one after another in Python, exactly as if each were alone,
-4. writes the result with a handful of set-wise statements (new holds, changed holds,
-   changed accounts, ledger entries) and commits.
+1. reads the accounts it touches and the holds of its jobs in one statement,
+2. applies the operations one after another in Python, exactly as if each were alone,
+3. writes the result with a few set-wise statements (new holds, changed holds, changed
+   accounts, ledger entries; each one statement however many rows) and commits.
 
-Each operation's answer is the state right after it. Two reserves can never overdraw an
-account: they are serialised by the account lock and each checks the balance it sees.
-A batch that fails in the database (deadlock, a job id raced in by another account, a
-dropped connection) is retried, then split into single operations, so one bad operation
-never fails its neighbours. Every operation is idempotent by job id, so a retry after an
-ambiguous commit never charges twice.
+Each operation's answer is the state right after it. What makes the read safe:
+
+* SQLite: the writer's ``BEGIN IMMEDIATE`` holds the database's single write lock, so no
+  one else changes anything between the read and the commit.
+* PostgreSQL, first try: a REPEATABLE READ snapshot, no locks. Every decision rests on a
+  row the batch also writes (a reserve writes its account, a capture its hold), and
+  PostgreSQL refuses to update a row that changed after the snapshot (serialization
+  failure); a job id raced in by another account trips the primary key. Either way the
+  batch rolls back and goes again pessimistically: lock the accounts in id order, then
+  the holds in job order (``SELECT ... FOR UPDATE``), and decide on what is locked.
+
+So two reserves can never overdraw an account. A batch that keeps failing in the database
+is split into single operations, so one bad operation never fails its neighbours; every
+operation is idempotent by job id, so a retry after an ambiguous commit never charges twice.
 """
 
 from __future__ import annotations
@@ -36,21 +41,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Dialect,
     Row,
     Select,
     String,
     TypeDecorator,
     and_,
-    any_,
     bindparam,
     func,
     insert,
     literal_column,
-    or_,
     select,
     text,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -147,13 +150,14 @@ class _Account:
         "id",
     )
 
-    def __init__(self, row: Row[Any]) -> None:
-        self.id: str = row.id
-        self.balance: int = row.balance
-        self.daily_allowance: int = row.daily_allowance
-        self.allowance_day: int = row.allowance_day
-        self.allowance_used: int = row.allowance_used
-        self.age_confirmed_at: int | None = row.age_confirmed_at
+    def __init__(self, row: Row[Any], prefix: str = "") -> None:
+        mapping = row._mapping
+        self.id: str = mapping[prefix + "id"]
+        self.balance: int = mapping[prefix + "balance"]
+        self.daily_allowance: int = mapping[prefix + "daily_allowance"]
+        self.allowance_day: int = mapping[prefix + "allowance_day"]
+        self.allowance_used: int = mapping[prefix + "allowance_used"]
+        self.age_confirmed_at: int | None = mapping[prefix + "age_confirmed_at"]
         self.dirty = False
 
     def view(self, day: int) -> AccountView:
@@ -225,19 +229,20 @@ class _Hold:
         self.dirty = False
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> _Hold:
+    def from_row(cls, row: Row[Any], prefix: str = "") -> _Hold:
+        mapping = row._mapping
         return cls(
-            row.job_id,
-            row.account_id,
-            row.amount,
-            row.from_allowance,
-            row.from_balance,
-            row.allowance_day,
-            row.state,
-            row.created_at,
-            row.expires_at,
-            row.resolved_at,
-            row.reason,
+            mapping[prefix + "job_id"],
+            mapping[prefix + "account_id"],
+            mapping[prefix + "amount"],
+            mapping[prefix + "from_allowance"],
+            mapping[prefix + "from_balance"],
+            mapping[prefix + "allowance_day"],
+            mapping[prefix + "state"],
+            mapping[prefix + "created_at"],
+            mapping[prefix + "expires_at"],
+            mapping[prefix + "resolved_at"],
+            mapping[prefix + "reason"],
         )
 
     def view(self) -> HoldView:
@@ -384,28 +389,51 @@ class _IdList(TypeDecorator[list[str]]):
         return values if dialect.name == "postgresql" else json.dumps(values)
 
 
-def _in_ids(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
-    """``column IN <the ids bound as name>`` in the form each store plans best."""
+def _ids(name: str, dialect: str) -> Select[Any]:
+    """The ids bound as ``name``, as a one-column subquery (index-friendly on both stores)."""
     param = bindparam(name, type_=_IdList())
     if dialect == "postgresql":
-        return column == any_(param)
-    return column.in_(select(literal_column("value")).select_from(func.json_each(param)))
+        return select(func.unnest(param))
+    return select(literal_column("value")).select_from(func.json_each(param))
 
 
-def _batch_reads(dialect: str) -> tuple[Select[Any], Select[Any]]:
-    """(lock the batch's accounts in id order, read the batch's holds)."""
-    lock = (
-        select(accounts)
-        .where(
-            or_(
-                _in_ids(accounts.c.id, "accs", dialect),
-                accounts.c.id.in_(select(holds.c.account_id).where(_in_ids(holds.c.job_id, "jobs", dialect))),
-            )
-        )
-        .order_by(accounts.c.id)
-        .with_for_update()
+@dataclass(frozen=True)
+class _BatchReads:
+    """How a batch reads what it will change."""
+
+    # One statement: the batch's accounts, each joined with the batch's holds on it.
+    together: Select[Any]
+    # Pessimistic, two statements: lock the accounts in id order, then the holds in job order
+    # (an optimistic batch may change a hold without its account's lock; this waits for it).
+    lock_accounts: Select[Any]
+    holds: Select[Any]
+
+
+def _batch_reads(dialect: str) -> _BatchReads:
+    # The accounts of a batch: those named by its reserves and grants, and those its holds are on.
+    account_ids = union(
+        _ids("accs", dialect), select(holds.c.account_id).where(holds.c.job_id.in_(_ids("jobs", dialect)))
     )
-    return lock, select(holds).where(_in_ids(holds.c.job_id, "jobs", dialect))
+    batch_holds = and_(holds.c.account_id == accounts.c.id, holds.c.job_id.in_(_ids("jobs", dialect)))
+    together = (
+        select(
+            *[column.label("a_" + column.name) for column in accounts.c],
+            *[column.label("h_" + column.name) for column in holds.c],
+        )
+        .select_from(accounts.outerjoin(holds, batch_holds))
+        .where(accounts.c.id.in_(account_ids))
+    )
+    return _BatchReads(
+        together=together,
+        lock_accounts=select(accounts)
+        .where(accounts.c.id.in_(account_ids))
+        .order_by(accounts.c.id)
+        .with_for_update(),
+        holds=select(holds)
+        .where(holds.c.job_id.in_(_ids("jobs", dialect)))
+        .order_by(holds.c.job_id)
+        .with_for_update(),
+    )
 
 
 _INSERT_HOLDS = insert(holds)
@@ -455,6 +483,7 @@ class Store:
         hold_ttl_seconds: float = 600.0,
         batch_max: int = 256,
         batch_workers: int = 1,
+        optimistic: bool = True,
         clock: Clock = time.time,
     ) -> None:
         if price <= 0:
@@ -467,16 +496,23 @@ class Store:
         self.batch_workers = max(1, batch_workers)
         self.clock = clock
         self.dialect = writer.dialect.name
+        self.optimistic = optimistic and self.dialect == "postgresql"
         self._queue: collections.deque[_Op] = collections.deque()
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._stop_sweeping = asyncio.Event()
-        self._lock_accounts, self._read_holds = _batch_reads(self.dialect)
+        self._reads = _batch_reads(self.dialect)
+        if self.dialect == "postgresql":
+            # First try: one snapshot, no locks; PostgreSQL refuses (serialization failure)
+            # to let us update a row someone changed after our snapshot, and we go again.
+            self._optimistic = writer.execution_options(isolation_level="REPEATABLE READ")
         # Counters for the closing log line: how well operations group into batches.
         self.batches = 0
         self.batched_ops = 0
+        self.batch_seconds = 0.0
+        self.retried_batches = 0
         if self.dialect == "postgresql":
             # Reads need no transaction: one round trip each, no BEGIN/ROLLBACK.
             self._read_engine = reader.execution_options(isolation_level="AUTOCOMMIT")
@@ -488,7 +524,7 @@ class Store:
     async def open(cls, settings: Settings, *, clock: Clock = time.time, migrate: bool = True) -> Store:
         url = database_url(settings)
         writer, reader = create_engines(settings)
-        workers = settings.batch_workers or (4 if url.get_backend_name() == "postgresql" else 1)
+        workers = settings.batch_workers or (2 if url.get_backend_name() == "postgresql" else 1)
         if url.get_backend_name() == "sqlite":
             workers = 1  # one writer; more workers would only queue for it
         store = cls(
@@ -498,6 +534,7 @@ class Store:
             hold_ttl_seconds=settings.hold_ttl_seconds,
             batch_max=settings.batch_max,
             batch_workers=workers,
+            optimistic=settings.optimistic_batches,
             clock=clock,
         )
         try:
@@ -549,7 +586,15 @@ class Store:
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
-            log.info("ledger closed", extra={"batches": self.batches, "operations": self.batched_ops})
+            log.info(
+                "ledger closed",
+                extra={
+                    "batches": self.batches,
+                    "operations": self.batched_ops,
+                    "batch_ms": round(1000 * self.batch_seconds / max(1, self.batches), 2),
+                    "retried": self.retried_batches,
+                },
+            )
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
@@ -762,6 +807,7 @@ class Store:
             batch = [self._queue.popleft() for _ in range(min(self.batch_max, len(self._queue)))]
             self.batches += 1
             self.batched_ops += len(batch)
+            started = time.perf_counter()
             try:
                 await self._run(batch)
             except Exception:  # never lose a worker: fail the batch's callers instead
@@ -769,23 +815,27 @@ class Store:
                 for op in batch:
                     if not op.future.done():
                         op.future.set_exception(TalosError("internal", "ledger error"))
+            self.batch_seconds += time.perf_counter() - started
 
     async def _run(self, batch: list[_Op]) -> None:
-        delay = 0.005
+        delay = 0.002
         for attempt in range(1, _BATCH_ATTEMPTS + 1):
             try:
-                results = await self._apply(batch)
+                results = await self._apply(batch, optimistic=self.optimistic and attempt == 1)
             except (_RetryBatch, DBAPIError) as exc:
+                self.retried_batches += 1
                 if attempt == _BATCH_ATTEMPTS:
                     break
-                level = logging.DEBUG if isinstance(exc, _RetryBatch) else logging.WARNING
+                # A lost optimistic race is routine; anything else is worth a warning.
+                routine = isinstance(exc, _RetryBatch) or (attempt == 1 and self.optimistic)
                 log.log(
-                    level,
+                    logging.DEBUG if routine else logging.WARNING,
                     "ledger batch retried",
                     extra={"ops": len(batch), "attempt": attempt, "error": type(exc).__name__},
                 )
-                await asyncio.sleep(delay)
-                delay *= 4
+                if attempt > 1:
+                    await asyncio.sleep(delay)
+                    delay *= 4
                 continue
             for op, result in zip(batch, results, strict=True):
                 if op.future.done():  # the caller went away; the operation stands (idempotent)
@@ -805,35 +855,56 @@ class Store:
         if not op.future.done():
             op.future.set_exception(TalosError("unavailable", "the ledger store is unavailable"))
 
-    async def _apply(self, batch: Sequence[_Op]) -> list[Any]:
+    async def _apply(self, batch: Sequence[_Op], *, optimistic: bool) -> list[Any]:
+        """One transaction for the whole batch; returns each operation's answer.
+
+        ``optimistic`` (PostgreSQL's first try): one REPEATABLE READ read without locks.
+        Otherwise PostgreSQL locks accounts then holds before deciding; SQLite's writer
+        already holds the database's write lock. See the module's docstring.
+        """
         now_ms = self._now_ms()
-        account_ids = sorted({op.account_id for op in batch if op.account_id})
-        job_ids = sorted({op.job_id for op in batch if op.job_id})
-        async with self.writer.begin() as conn:
-            rows = await conn.execute(self._lock_accounts, {"accs": account_ids, "jobs": job_ids})
-            locked = {row.id: _Account(row) for row in rows}
+        params = {
+            "accs": sorted({op.account_id for op in batch if op.account_id}),
+            "jobs": sorted({op.job_id for op in batch if op.job_id}),
+        }
+        pessimistic = self.dialect == "postgresql" and not optimistic
+        engine = self._optimistic if optimistic else self.writer
+        async with engine.begin() as conn:
+            found: dict[str, _Account] = {}
             hold_map: dict[str, _Hold] = {}
-            if job_ids:
-                for row in await conn.execute(self._read_holds, {"jobs": job_ids}):
-                    if row.account_id not in locked:
-                        # Made after our lock statement read the holds: read again under the lock.
-                        raise _RetryBatch(row.job_id)
-                    hold_map[row.job_id] = _Hold.from_row(row)
-            work = _Work(locked, hold_map, now_ms)
+            if pessimistic:
+                for row in await conn.execute(self._reads.lock_accounts, params):
+                    found[row.id] = _Account(row)
+                if params["jobs"]:
+                    for row in await conn.execute(self._reads.holds, params):
+                        if row.account_id not in found:
+                            # Made after the lock statement read the holds: again, under the lock.
+                            raise _RetryBatch(row.job_id)
+                        hold_map[row.job_id] = _Hold.from_row(row)
+            else:
+                for row in await conn.execute(self._reads.together, params):
+                    if row.a_id not in found:
+                        found[row.a_id] = _Account(row, "a_")
+                    if row.h_job_id is not None:
+                        hold_map[row.h_job_id] = _Hold.from_row(row, "h_")
+            work = _Work(found, hold_map, now_ms)
             results = [self._apply_one(work, op) for op in batch]
             await self._flush(conn, work)
         return results
 
     async def _flush(self, conn: AsyncConnection, work: _Work) -> None:
-        new_holds = [h.insert_row() for h in work.holds.values() if h.is_new]
-        changed_holds = [h.update_params() for h in work.holds.values() if h.dirty and not h.is_new]
+        ordered = sorted(work.holds.values(), key=lambda h: h.job_id)
+        new_holds = [h.insert_row() for h in ordered if h.is_new]
+        changed_holds = [h.update_params() for h in ordered if h.dirty and not h.is_new]
         changed_accounts = [a.params() for a in sorted(work.accounts.values(), key=lambda a: a.id) if a.dirty]
+        # Accounts before holds, each in key order: the order the pessimistic path locks them,
+        # so concurrent batches wait for each other instead of deadlocking.
+        if changed_accounts:
+            await conn.execute(_UPDATE_ACCOUNT, changed_accounts)
         if new_holds:
             await conn.execute(_INSERT_HOLDS, new_holds)
         if changed_holds:
             await conn.execute(_UPDATE_HOLD, changed_holds)
-        if changed_accounts:
-            await conn.execute(_UPDATE_ACCOUNT, changed_accounts)
         if work.entries:
             await conn.execute(_INSERT_LEDGER, work.entries)
 

@@ -94,9 +94,7 @@ class TalosError(Exception):
         info = error_details_pb2.ErrorInfo(reason=self.code, domain=DOMAIN, metadata=self.metadata())
         detail = any_pb2.Any()
         detail.Pack(info)
-        proto = status_pb2.Status(
-            code=self.kind.grpc_code.value[0], message=self.message, details=[detail]
-        )
+        proto = status_pb2.Status(code=self.kind.grpc_code.value[0], message=self.message, details=[detail])
         return rpc_status.to_status(proto)
 
     def __repr__(self) -> str:
@@ -107,7 +105,7 @@ def from_rpc_error(error: grpc.RpcError) -> TalosError:
     """Reads the TALOS code back from a failed call (ErrorInfo first, status code second)."""
     status = None
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except Exception:  # a malformed details trailer must not hide the real error
         status = None
     message = error.details() if hasattr(error, "details") else str(error)

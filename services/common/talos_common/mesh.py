@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 
+from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_common.procs import ServiceProcess, python_module
 
 DEMO_CREDITS = 1000
@@ -102,9 +102,7 @@ class LocalMesh:
 
     # -- processes -----------------------------------------------------------------------
     def _service(self, name: str, module: str, env: Mapping[str, str]) -> ServiceProcess:
-        return ServiceProcess(
-            name, python_module(module), {**self._env, **env}, self.log_dir / f"{name}.log"
-        )
+        return ServiceProcess(name, python_module(module), {**self._env, **env}, self.log_dir / f"{name}.log")
 
     def billing_env(self) -> dict[str, str]:
         return {
@@ -180,6 +178,17 @@ class LocalMesh:
             self.add_node()
         return self
 
+    def restart(self, proc: ServiceProcess) -> ServiceProcess:
+        """Starts a stopped or killed service again on the ports it had, as a supervisor would."""
+        if proc is self.billing:
+            return self.start_billing()
+        if proc is self.moderation:
+            return self.start_moderation()
+        if proc is self.gateway:
+            return self.start_gateway()
+        proc.start(timeout=300)
+        return proc
+
     def stop(self) -> None:
         for proc in [*self.nodes, self.gateway, self.moderation, self.billing]:
             if proc is not None:
@@ -196,7 +205,7 @@ class LocalMesh:
         except urllib.error.HTTPError as error:
             return dict(json.loads(error.read() or b"{}"))
 
-    def wait_for_nodes(self, count: int, timeout: float = 60.0) -> None:
+    def wait_for_nodes(self, count: int, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.readiness().get("nodes_connected", 0) >= count:
@@ -290,7 +299,7 @@ def up(data_dir: Path) -> int:
                     print(f"{proc.name} exited; see {proc.log_path}", file=sys.stderr)
                     stop.set()
         return 0
-    except Exception as error:  # noqa: BLE001 - report and stop the rest
+    except Exception as error:
         print(f"make up failed: {error}", file=sys.stderr)
         return 1
     finally:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 READY_PREFIX = "TALOS_READY "
 
@@ -49,7 +49,7 @@ class ServiceProcess:
 
     def start(self, timeout: float = 120.0) -> dict[str, Any]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._log = open(self.log_path, "a", buffering=1, encoding="utf-8")
         self._ready_event.clear()
         self.ready = {}
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -68,7 +68,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await inner_uu(request, context)
-                except Exception as exc:  # noqa: BLE001 - mapped below
+                except Exception as exc:
                     await _abort(context, exc, method)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -81,7 +81,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in inner_us(request, context):
                         yield item
-                except Exception as exc:  # noqa: BLE001 - mapped below
+                except Exception as exc:
                     await _abort(context, exc, method)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -94,7 +94,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in inner_ss(requests, context):
                         yield item
-                except Exception as exc:  # noqa: BLE001 - mapped below
+                except Exception as exc:
                     await _abort(context, exc, method)
 
             return grpc.stream_stream_rpc_method_handler(
@@ -107,7 +107,9 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     if isinstance(exc, asyncio.CancelledError):
         raise exc
     # context.abort raises AbortError; an abort already under way must pass through.
-    if type(exc).__name__ == "AbortError" or isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.aio.AioRpcError):
+    if type(exc).__name__ == "AbortError" or (
+        isinstance(exc, grpc.RpcError) and not isinstance(exc, grpc.aio.AioRpcError)
+    ):
         raise exc
     if isinstance(exc, TalosError):
         status = exc.to_status()
@@ -143,10 +145,10 @@ def build_server(
     return server, health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+async def set_serving(
+    health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool
+) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:
         await health_servicer.set(name, status)
 
@@ -182,7 +184,7 @@ async def stop_signals() -> AsyncIterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Entry point helper: runs ``main`` and exits 0 after a clean drain."""
     try:
         asyncio.run(main())

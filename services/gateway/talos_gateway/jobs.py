@@ -3,7 +3,7 @@
 One job, in order::
 
     authenticate (billing.Authenticate, cached briefly by key hash) → rate limits
-    → validate → 18+ check → relay.admit → moderation.CheckPrompt → billing.Reserve   (accepted here)
+    → validate → 18+ check → moderation.CheckPrompt → relay.admit → billing.Reserve   (accepted here)
     → relay.run (queued / started / progress events) → moderation.ClassifyImage (18+ off only)
     → billing.Capture → completed                      | any failure → billing.Release → failed
 
@@ -219,6 +219,7 @@ class Job:
         self._slots: dict[str, tuple[int, JobEvent]] = {}
         self._seq = 0
         self._changed = asyncio.Event()
+        self._watchers = 0
         self.accepted_at = time.perf_counter()
         self.render_seconds = 0.0
         self.result: Finished | None = None  # between the render and the end only
@@ -280,33 +281,46 @@ class Job:
         """The current state, then every change until the terminal event; None on a quiet heartbeat."""
         if self.delivered:
             raise TalosError("not_found", "this job's result was already delivered; results are not kept")
-        seq = 0
-        while True:
-            pending = self.events_after(seq)
-            for entry_seq, event in pending:
-                seq = entry_seq
-                yield event
-                if isinstance(event, TERMINAL):
-                    return
-            if not pending and not await self.wait_change(seq, heartbeat):
-                yield None
+        self._watchers += 1
+        try:
+            seq = 0
+            while True:
+                pending = self.events_after(seq)
+                for entry_seq, event in pending:
+                    seq = entry_seq
+                    yield event
+                    if isinstance(event, TERMINAL):
+                        return
+                if not pending and not await self.wait_change(seq, heartbeat):
+                    yield None
+        finally:
+            self._watchers -= 1
+            if self.delivered and self._watchers == 0:
+                self._drop_image()
 
     def mark_delivered(self) -> None:
-        """The completed event reached a client: drop the image, keep the record until its TTL."""
+        """The completed event reached a client: the image goes once no one else is reading it.
+
+        The record (id, owner, outcome) stays until its TTL; later watchers get not_found.
+        """
         entry = self._slots.get("terminal")
-        if entry is None or not isinstance(entry[1], CompletedEvent) or self.delivered:
+        if entry is None or not isinstance(entry[1], CompletedEvent):
             return
         self.delivered = True
-        self._slots["terminal"] = (entry[0], _without_image(entry[1]))
+        if self._watchers == 0:
+            self._drop_image()
+
+    def _drop_image(self) -> None:
+        entry = self._slots.get("terminal")
+        if entry is not None and isinstance(entry[1], CompletedEvent) and entry[1].image:
+            self._slots["terminal"] = (entry[0], _without_image(entry[1]))
         self._slots.pop("progress", None)
 
     def drop_content(self) -> None:
-        """At the end of the TTL: nothing of the job but its id is kept (and then not even that)."""
+        """At the end of the TTL: the prompt and the image go, whoever still holds the job."""
         self.spec = None
-        entry = self._slots.get("terminal")
-        if entry is not None and isinstance(entry[1], CompletedEvent):
-            self._slots["terminal"] = (entry[0], _without_image(entry[1]))
-        self._slots.pop("progress", None)
+        self.result = None
+        self._drop_image()
 
 
 def _without_image(event: CompletedEvent) -> CompletedEvent:
@@ -484,10 +498,11 @@ class JobRegistry:
                         "age_confirmation_required",
                         "18+ output needs a one-time age confirmation: POST /v1/account/age-confirmation",
                     )
-            self.relay.admit(principal.account_id)
             seed = request.seed if request.seed is not None else random_seed()
             spec = request.spec(seed)
+            # The hard limit answers first, so a refused prompt is refused whatever the capacity.
             await self._check_prompt(principal, request, spec)
+            self.relay.admit(principal.account_id)
             job_id = str(uuid.uuid4())
             await self._reserve(job_id, principal.account_id)
             job = Job(job_id, principal, request, seed, spec)

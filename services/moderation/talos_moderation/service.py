@@ -17,7 +17,8 @@ import grpc
 from PIL import Image
 
 from talos.moderation.v1 import moderation_pb2, moderation_pb2_grpc
-from talos_common import logs, server, settings
+from talos_common import logs, server
+from talos_common.settings import load as load_settings
 from talos_moderation.classifier import NsfwClassifier
 from talos_moderation.config import PREFIX, MiB, Settings
 from talos_moderation.cooldown import Cooldowns
@@ -190,8 +191,9 @@ def build_servicer(
     return ModerationServicer(policy, images, cooldowns, executor), executor
 
 
-async def serve(config: Settings | None = None) -> None:
-    config = config or settings.load(Settings, PREFIX)
+async def serve(settings: Settings | None = None) -> None:
+    """Builds the service, listens, prints TALOS_READY, and drains on SIGTERM/SIGINT."""
+    config = settings or load_settings(Settings, PREFIX)
     logs.configure("moderation", config.log_level)
     servicer, executor = build_servicer(config)
     grpc_server, health = server.build_server(

@@ -19,7 +19,8 @@ from talos_common import logs
 from talos_common import server as common_server
 from talos_common.settings import SettingsError
 from talos_common.settings import load as load_settings
-from talos_render.config import BUILTIN, PREFIX, Settings
+from talos_render import modelcheck
+from talos_render.config import PREFIX, Settings
 
 log = logging.getLogger("talos_render")
 
@@ -78,21 +79,6 @@ def export_single_file(argv: list[str]) -> int:
     return 0
 
 
-def precheck_model(settings: Settings) -> str | None:
-    """The cheap part of the model check: a path that is not there."""
-    if settings.model.strip() == BUILTIN:
-        return None
-    path = Path(settings.model).expanduser()
-    if not path.exists():
-        return f"model path {path} does not exist"
-    if path.is_file() and settings.config_dir is None:
-        return (
-            f"model {path} is a single file: set TALOS_RENDER_CONFIG_DIR (or --config-dir) to a local "
-            "diffusers-layout folder with its configs and tokenizers"
-        )
-    return None
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "build-test-model":
@@ -115,10 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logs.configure("render", settings.log_level)
-    problem = precheck_model(settings)
-    if problem is not None:  # fail fast, before importing torch
-        log.error("the model cannot be loaded", extra={"error": problem})
-        print(f"talos-render: {problem}", file=sys.stderr)
+    try:
+        modelcheck.precheck(settings)  # fail fast, before importing torch
+    except modelcheck.ModelError as exc:
+        log.error("the model cannot be loaded", extra={"error": str(exc)})
+        print(f"talos-render: {exc}", file=sys.stderr)
         sys.exit(2)
 
     from talos_render import loading

@@ -307,11 +307,9 @@ class RelayLink:
 
     # -- jobs ----------------------------------------------------------------------------------
     def refusal(self, job: relay_pb2.RenderJob) -> str | None:
-        """Why the node will not take ``job`` now (busy or unsupported), or None."""
-        if self._draining or len(self._active) >= max(1, self.settings.concurrency):
-            return "busy"
-        if not job.job_id or job.job_id in self._active:
-            return "busy" if job.job_id in self._active else "unsupported"
+        """Why the node will not take ``job``: "unsupported" (never here) before "busy" (not now)."""
+        if not job.job_id:
+            return "unsupported"
         if (job.width, job.height) not in self.sizes:
             return "unsupported"
         if not 1 <= job.steps <= self.settings.max_steps:
@@ -322,6 +320,12 @@ class RelayLink:
             return "unsupported"
         if len(job.prompt) + len(job.negative_prompt) > MAX_PROMPT_CHARS:
             return "unsupported"
+        if (
+            self._draining
+            or job.job_id in self._active
+            or len(self._active) >= max(1, self.settings.concurrency)
+        ):
+            return "busy"
         return None
 
     def _on_job(self, stream: Stream, job: relay_pb2.RenderJob) -> None:

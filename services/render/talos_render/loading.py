@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,13 @@ import torch
 
 from talos_render import tinymodel
 from talos_render.config import BUILTIN, Settings
+from talos_render.modelcheck import PARTS, ModelError, check_diffusers_folder, precheck
 
 log = logging.getLogger(__name__)
+# diffusers' schedulers call np.array() on tensors; numpy 2 warns about the copy keyword.
+warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+
+__all__ = ["PARTS", "LoadedModel", "ModelError", "load"]
 
 DEFAULT_NAME = "aperture-hd"
 
@@ -40,13 +46,6 @@ SDXL_LATENT_RGB: dict[str, Any] = {
     ],
     "bias": [0.1084, -0.0175, -0.0011],
 }
-
-# Pipeline parts a folder must have; a diffusers folder says where each lives in model_index.json.
-PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-
-
-class ModelError(RuntimeError):
-    """The model cannot be loaded; the message names the path and what is wrong."""
 
 
 @dataclass
@@ -135,23 +134,6 @@ def _marker(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def check_diffusers_folder(folder: Path) -> None:
-    """A diffusers SDXL folder: model_index.json naming every part, each part present."""
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise ModelError(f"model folder {folder} has no model_index.json (not a diffusers folder)")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{index_path} is not valid JSON: {exc}") from exc
-    missing = [part for part in PARTS if not isinstance(index.get(part), list) or index[part][0] is None]
-    if missing:
-        raise ModelError(f"model folder {folder} is not an SDXL pipeline: model_index.json lacks {missing}")
-    for part in PARTS:
-        if not (folder / part).is_dir():
-            raise ModelError(f"model folder {folder} lacks the {part}/ subfolder")
-
-
 def _from_folder(folder: Path, dtype: torch.dtype) -> Any:
     from diffusers import StableDiffusionXLPipeline
 
@@ -166,26 +148,19 @@ def load(settings: Settings) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    precheck(settings)
     path = model_path(settings)
-    if not path.exists():
-        raise ModelError(f"model path {path} does not exist")
     quiet_libraries()
     marker: dict[str, Any] = {}
     try:
         if path.is_dir():
             marker = _marker(path)
             pipe = _from_folder(path, dtype)
-        elif path.suffix == ".safetensors":
+        else:
             from talos_render import singlefile
 
-            if settings.config_dir is None:
-                raise ModelError(
-                    f"model {path} is a single-file checkpoint: set TALOS_RENDER_CONFIG_DIR to a local "
-                    "diffusers-layout folder with its configs and tokenizers"
-                )
+            assert settings.config_dir is not None  # precheck made sure
             pipe = singlefile.load_pipeline(path, settings.config_dir, dtype)
-        else:
-            raise ModelError(f"model path {path} is neither a diffusers folder nor a .safetensors file")
     except ModelError:
         raise
     except Exception as exc:  # every loader failure becomes one clear line naming the path

@@ -178,7 +178,7 @@ def _text_config(hidden: int, layers: int, act: str) -> Any:
     )
 
 
-def _scheduler() -> Any:
+def scheduler() -> Any:
     from diffusers import EulerDiscreteScheduler
 
     # SDXL base's scheduler configuration.
@@ -217,7 +217,7 @@ def build_pipeline() -> Any:
         tokenizer=build_tokenizer("<|endoftext|>"),
         tokenizer_2=build_tokenizer("!"),
         unet=parts["unet"],
-        scheduler=_scheduler(),
+        scheduler=scheduler(),
         add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)

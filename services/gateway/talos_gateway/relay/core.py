@@ -925,6 +925,9 @@ class Relay:
 
     def _update_positions(self) -> None:
         self._positions_handle = None
+        if self._pump_scheduled:
+            # Dispatch first: a job a free node is about to take must not be reported queued.
+            self._pump()
         now = time.monotonic()
         self._positions_at = now
         if not self._queue:

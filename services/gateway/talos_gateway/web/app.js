@@ -6,6 +6,8 @@ const DB_NAME = "talos-create";
 const DB_STORE = "images";
 const MAX_SEED = 4294967295;
 const RECONNECTS = 3;
+// A finished result waits at most 60 s on the server for its client.
+const OFFLINE_WAIT_MS = 50000;
 const CANCEL_GRACE_MS = 8000;
 
 // Used only when GET /v1/options cannot be read; the server validates everything anyway.
@@ -214,7 +216,9 @@ function describeError(err) {
     case "unavailable":
       return `TALOS is briefly unavailable.${retry} If a picture was on its way, your credits were refunded.`;
     case "network":
-      return "The network connection was lost. If the picture did not finish, your credits are refunded automatically. Check your connection and try again.";
+      return err.refunded
+        ? "The network connection was lost, so the job was cancelled. Your credits were refunded."
+        : "The network connection was lost before the picture arrived. Pictures are not kept on the server; if it did not finish, nothing was charged. Check your connection and try again.";
     case "internal":
     default:
       return `Something went wrong on our side${err.code && err.code !== "internal" ? ` (${err.code})` : ""}. Your credits were refunded.`;
@@ -427,8 +431,14 @@ function renderAccount() {
   if (!a) return;
   $("balance").textContent = fmtCredits(Number(a.balance));
   const al = a.allowance || {};
-  $("allowance").textContent = fmtCredits(Number(al.remaining));
-  $("allowance-daily").textContent = Number.isFinite(Number(al.daily)) ? ` of ${fmtCredits(Number(al.daily))}` : "";
+  const daily = Number(al.daily);
+  if (daily === 0) {
+    $("allowance").textContent = "none";
+    $("allowance-daily").textContent = "";
+  } else {
+    $("allowance").textContent = fmtCredits(Number(al.remaining));
+    $("allowance-daily").textContent = Number.isFinite(daily) ? ` of ${fmtCredits(daily)}` : "";
+  }
   let resets = "";
   if (al.resets_at) {
     const t = typeof al.resets_at === "number" ? new Date(al.resets_at * 1000) : new Date(al.resets_at);
@@ -815,6 +825,7 @@ async function startGenerate() {
     aborted: false,
     accountId: state.account.account_id,
     lastStep: 0,
+    eventsSeen: 0,
     total: params.steps,
     startedAt: performance.now(),
   };
@@ -831,7 +842,10 @@ async function startGenerate() {
   show($("frame-empty"), false);
   updateFrameRatio(size);
   setFrameState("running");
+  const hadFocus = document.activeElement === gen;
   setRun("Sending…");
+  // Generate is disabled while the job runs: keep keyboard focus on a live control.
+  if (hadFocus) $("cancel").focus();
   // On a narrow screen the picture sits below the form: bring it into view.
   const stageTop = $("stage").getBoundingClientRect().top;
   if (stageTop > window.innerHeight * 0.6) $("stage").scrollIntoView({ block: "start", behavior: "smooth" });
@@ -846,7 +860,12 @@ async function startGenerate() {
     if (job.aborted || (e && e.name === "AbortError")) {
       finishCancelled(job);
     } else {
-      failJob(job, { error: { code: e.code || "internal", message: e.message }, requestId: e.requestId, retryAfter: e.retryAfter });
+      failJob(job, {
+        error: { code: e.code || "internal", message: e.message },
+        requestId: e.requestId,
+        retryAfter: e.retryAfter,
+        refunded: e.refunded,
+      });
     }
   } finally {
     if (job.cancelTimer) clearTimeout(job.cancelTimer);
@@ -854,9 +873,30 @@ async function startGenerate() {
     if (!state.job) {
       delete document.body.dataset.busy;
       gen.disabled = false;
+      const active = document.activeElement;
+      if (!active || active === document.body || active === $("cancel")) gen.focus({ preventScroll: true });
     }
     if (state.key && !job.detached) refreshAccount();
   }
+}
+
+// Waits ms (or until the browser is back online, when wakeOnline), unless the job is aborted.
+function pause(job, ms, wakeOnline = false) {
+  return new Promise((resolve, reject) => {
+    const signal = job.controller.signal;
+    const done = (fn) => {
+      clearTimeout(timer);
+      window.removeEventListener("online", onOnline);
+      signal.removeEventListener("abort", onAbort);
+      fn();
+    };
+    const onOnline = () => done(resolve);
+    const onAbort = () => done(() => reject(new DOMException("aborted", "AbortError")));
+    const timer = setTimeout(() => done(resolve), ms);
+    if (wakeOnline) window.addEventListener("online", onOnline);
+    signal.addEventListener("abort", onAbort);
+    if (signal.aborted) onAbort();
+  });
 }
 
 async function runJob(job) {
@@ -868,8 +908,12 @@ async function runJob(job) {
   job.id = created && created.job_id;
   if (!job.id) throw new ApiError("internal", "no job id");
   if (job.cancelRequested) sendCancel(job);
+  // A dropped stream is followed again (the server replays the job's state). While the browser
+  // is offline the page waits for it to come back, as long as a finished result is kept.
   let failures = 0;
+  let lostAt = 0;
   for (;;) {
+    const seen = job.eventsSeen;
     let terminal = null;
     try {
       terminal = await followEvents(job);
@@ -878,11 +922,31 @@ async function runJob(job) {
       if (e.code !== "network") throw e;
     }
     if (terminal) return terminal;
+    if (job.eventsSeen > seen) failures = 0;
     failures += 1;
-    if (failures > RECONNECTS) throw new ApiError("network", "network");
-    setRun("Connection lost, reconnecting…", { step: job.lastStep || null, total: job.total });
-    await new Promise((r) => setTimeout(r, 400 * 2 ** failures));
+    lostAt = failures === 1 ? Date.now() : lostAt;
+    const offline = navigator.onLine === false;
+    if ((!offline && failures > RECONNECTS) || Date.now() - lostAt > OFFLINE_WAIT_MS) {
+      throw await giveUp(job);
+    }
+    setRun(offline ? "Connection lost, waiting for the network…" : "Connection lost, reconnecting…", {
+      step: job.lastStep || null,
+      total: job.total,
+    });
+    await pause(job, offline ? OFFLINE_WAIT_MS - (Date.now() - lostAt) : 500 * 2 ** failures, offline);
   }
+}
+
+// The page cannot follow the job any more: cancel it so nothing is charged for a picture nobody sees.
+async function giveUp(job) {
+  let cancelled = false;
+  try {
+    const res = await request("DELETE", `/v1/jobs/${encodeURIComponent(job.id)}`);
+    cancelled = Boolean(res && res.cancelled);
+  } catch {
+    cancelled = false;
+  }
+  return new ApiError("network", "network", { refunded: cancelled });
 }
 
 async function followEvents(job) {
@@ -908,6 +972,7 @@ async function followEvents(job) {
         continue;
       }
       const name = msg.event !== "message" ? msg.event : data.event || data.type || "message";
+      job.eventsSeen += 1;
       if (name === "completed" || name === "failed") return { event: name, data };
       onJobEvent(job, name, data);
     }

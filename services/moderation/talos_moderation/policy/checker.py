@@ -26,6 +26,8 @@ PROMPT_TOO_LONG = "prompt_too_long"
 NONE = "none"
 UNAVAILABLE_VERSION = "unavailable"
 MEMO_LIMIT = 16_384
+POSITIVE_LISTS = frozenset({"minor", "sexual", "standalone"})
+NEGATIVE_LISTS = frozenset({"negative_adulthood", "negative_clothing"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,6 @@ class PromptPolicy:
             return Verdict(True, MINOR_SEXUAL, rules.version)
         return Verdict(False, NONE, rules.version)
 
-
     def _contexts(self, rules: Rules, text: str, *, positive: bool) -> Contexts:
         key = hashlib.blake2b(
             text.encode("utf-8", "surrogatepass"), digest_size=16, person=b"+" if positive else b"-"
@@ -127,7 +128,7 @@ def _distinct(first: str, second: str) -> list[str]:
 
 def positive_contexts(rules: Rules, text: str) -> Contexts:
     words = tokens(normalize(text))
-    found, infos = rules.matcher.scan(words)
+    found, infos = rules.matcher.scan(words, POSITIVE_LISTS)
     minor = "minor" in found or any(e in text for e in rules.minor_emoji)
     sexual = "sexual" in found or any(e in text for e in rules.sexual_emoji)
     if not minor:
@@ -136,7 +137,7 @@ def positive_contexts(rules: Rules, text: str) -> Contexts:
 
 
 def negative_contexts(rules: Rules, text: str) -> Contexts:
-    found = rules.matcher.find(tokens(normalize(text)))
+    found = rules.matcher.find(tokens(normalize(text)), NEGATIVE_LISTS)
     return Contexts(minor="negative_adulthood" in found, sexual="negative_clothing" in found)
 
 

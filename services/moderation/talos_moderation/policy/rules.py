@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -86,6 +86,9 @@ class Matcher:
     # Every beginning of a term written together (and of its collapsed form).
     _prefixes: set[str] = field(default_factory=set)
     _cache: dict[str, WordInfo] = field(default_factory=dict)
+    # The cached words at which a term (an exception phrase) may start.
+    _active_words: set[str] = field(default_factory=set)
+    _exception_words: set[str] = field(default_factory=set)
     sizes: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, entries: Iterable[str], exceptions: Iterable[str], substring_min: int) -> None:
@@ -118,16 +121,21 @@ class Matcher:
             words = _term_words(entry)
             if words:
                 self._add_phrase("!" + name, words)
-        self._cache.clear()
+        self._clear_cache()
 
     def _add_phrase(self, name: str, words: tuple[str, ...]) -> None:
         phrase = tuple((w, collapse(w)) for w in words)
         for key in {words[0], "~" + collapse(words[0])}:
             self._first.setdefault(key, []).append((name, phrase))
 
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._active_words.clear()
+        self._exception_words.clear()
+
     def set_substring_exceptions(self, words: Iterable[str]) -> None:
         self._substring_exceptions = frozenset(words)
-        self._cache.clear()
+        self._clear_cache()
 
     def info(self, word: str) -> WordInfo:
         cached = self._cache.get(word)
@@ -164,26 +172,32 @@ class Matcher:
             short=len(word) <= SHORT_WORD,
         )
         if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
+            self._clear_cache()
         self._cache[word] = result
+        if result.active:
+            self._active_words.add(word)
+        if result.exception_starts:
+            self._exception_words.add(word)
         return result
 
-    def find(self, words: Sequence[str]) -> set[str]:
-        """The names of the lists with a term in ``words`` (normalised words of one text)."""
-        return self.scan(words)[0]
+    def find(self, words: Sequence[str], wanted: Collection[str] = LISTS) -> set[str]:
+        """The names of the ``wanted`` lists with a term in ``words`` (normalised words of one text)."""
+        return self.scan(words, wanted)[0]
 
-    def scan(self, words: Sequence[str]) -> tuple[set[str], list[WordInfo]]:
+    def scan(self, words: Sequence[str], wanted: Collection[str] = LISTS) -> tuple[set[str], list[WordInfo]]:
         """``find``, and what was worked out about each word."""
         cache = self._cache
         infos = [cache.get(w) or self.info(w) for w in words]
         hits: list[tuple[str, int, int]] = []  # (list, start, end) of each term occurrence
-        for i, info in enumerate(infos):
+        active = self._active_words.intersection(words)
+        for i, info in enumerate(infos) if active else ():
             if not info.active:
                 continue
             for name in info.singles:
-                hits.append((name, i, i + 1))
+                if name in wanted:
+                    hits.append((name, i, i + 1))
             for name, phrase in info.starts:
-                if _phrase_at(infos, i, phrase):
+                if name in wanted and _phrase_at(infos, i, phrase):
                     hits.append((name, i, i + len(phrase)))
         found: set[str] = set()
         if hits:
@@ -196,20 +210,21 @@ class Matcher:
         for joined, simple in _joins(infos, self._longest):
             names = joined_terms.get(joined)
             if names:
-                found.update(names)
+                found.update(n for n in names if n in wanted)
             if simple:
                 continue
             exact, collapsed = forms(joined)
             for key in exact:
-                found.update(joined_terms.get(key, ()))
+                found.update(n for n in joined_terms.get(key, ()) if n in wanted)
             for key in collapsed:
-                found.update(self._joined_collapsed.get(key, ()))
+                found.update(n for n in self._joined_collapsed.get(key, ()) if n in wanted)
         return found, infos
 
-    @staticmethod
-    def _covered(infos: Sequence[WordInfo], names: set[str]) -> dict[str, set[int]]:
+    def _covered(self, infos: Sequence[WordInfo], names: set[str]) -> dict[str, set[int]]:
         """Positions inside exception phrases, for the lists that had a hit."""
         covered: dict[str, set[int]] = {}
+        if self._exception_words.isdisjoint(info.word for info in infos):
+            return covered
         for i, info in enumerate(infos):
             for name, phrase in info.exception_starts:
                 if name in names and _phrase_at(infos, i, phrase):
