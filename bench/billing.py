@@ -186,7 +186,8 @@ def run_pgbench(dsn: str, database: str, clients: int, seconds: float) -> float:
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench not found: apt-get install postgresql-contrib (or postgresql-client)")
     url = sqlalchemy.make_url(dsn)
-    base = ["-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres"]
+    host = url.host or str(url.query.get("host") or "127.0.0.1")  # ?host=/dir is a Unix socket
+    base = ["-h", host, "-p", str(url.port or 5432), "-U", url.username or "postgres"]
     env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
     exists = subprocess.run(
         [
@@ -260,33 +261,35 @@ def main(argv: list[str] | None = None) -> None:
     dsn = args.dsn.replace("postgresql+asyncpg://", "postgresql://")
     print("versions:", " ".join(f"{k}={v}" for k, v in _versions(dsn).items()), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="talos-bench-billing-"))
-    results = []
-    if not args.skip_sqlite:
-        sqlite_env = {"TALOS_BILLING_DATA_DIR": str(workdir / "sqlite")}
-        results.append(run_store("sqlite", sqlite_env, workdir, args.clients, args.seconds))
-        print(_report(results[-1]), flush=True)
-        print("  " + asyncio.run(_audit(Settings(data_dir=workdir / "sqlite"))), flush=True)
-    schema = f"talos_bench_{secrets.token_hex(4)}"
-    pg_env = {
-        "TALOS_BILLING_DATA_DIR": str(workdir / "pg"),
-        "TALOS_BILLING_DATABASE_URL": dsn,
-        "TALOS_BILLING_DATABASE_SCHEMA": schema,
-    }
-    # pgbench just before and just after billing on PostgreSQL: the machine's load drifts.
-    tps_before = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
-    print(f"pgbench -N (simple-update), {args.clients} clients, before: {tps_before:.0f} tps", flush=True)
     try:
-        results.append(run_store("postgresql", pg_env, workdir, args.clients, args.seconds))
-        print(_report(results[-1]), flush=True)
-        print("  " + asyncio.run(_audit(Settings(database_url=dsn, database_schema=schema))), flush=True)
+        results = []
+        if not args.skip_sqlite:
+            sqlite_env = {"TALOS_BILLING_DATA_DIR": str(workdir / "sqlite")}
+            results.append(run_store("sqlite", sqlite_env, workdir, args.clients, args.seconds))
+            print(_report(results[-1]), flush=True)
+            print("  " + asyncio.run(_audit(Settings(data_dir=workdir / "sqlite"))), flush=True)
+        schema = f"talos_bench_{secrets.token_hex(4)}"
+        pg_env = {
+            "TALOS_BILLING_DATA_DIR": str(workdir / "pg"),
+            "TALOS_BILLING_DATABASE_URL": dsn,
+            "TALOS_BILLING_DATABASE_SCHEMA": schema,
+        }
+        # pgbench just before and just after billing on PostgreSQL: the machine's load drifts.
+        tps_before = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
+        print(f"pgbench -N (simple-update), {args.clients} clients, before: {tps_before:.0f} tps", flush=True)
+        try:
+            results.append(run_store("postgresql", pg_env, workdir, args.clients, args.seconds))
+            print(_report(results[-1]), flush=True)
+            print("  " + asyncio.run(_audit(Settings(database_url=dsn, database_schema=schema))), flush=True)
+        finally:
+            _psql(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        tps_after = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
+        print(f"pgbench -N (simple-update), {args.clients} clients, after: {tps_after:.0f} tps", flush=True)
+        tps = (tps_before + tps_after) / 2
+        print(f"postgresql pairs/s {results[-1].rate:.0f} / pgbench tps {tps:.0f} (mean of before and after)")
+        print(f"ratio {results[-1].rate / tps:.2f}")
     finally:
-        _psql(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    tps_after = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
-    print(f"pgbench -N (simple-update), {args.clients} clients, after: {tps_after:.0f} tps", flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
-    tps = (tps_before + tps_after) / 2
-    print(f"postgresql pairs/s {results[-1].rate:.0f} / pgbench tps {tps:.0f} (mean of before and after)")
-    print(f"ratio {results[-1].rate / tps:.2f}")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _report(result: StoreResult) -> str:

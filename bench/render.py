@@ -186,7 +186,7 @@ def node_contestant(args: argparse.Namespace, device: torch.device, model_dir: P
         )
     else:
         assert model_dir is not None
-        model = loading.load(Settings(model=str(model_dir), device="cpu"))
+        model = loading.load(Settings(model=str(model_dir), device="cpu", cpu_threads=args.threads))
     compile_mode = args.compile_mode if args.compile and device.type == "cuda" else None
     engine = Engine(model, compile_mode=compile_mode)
     started = time.perf_counter()
@@ -230,14 +230,26 @@ def time_node(
         results["node_seconds"] = node_s
         runs = ", ".join(f"{t:.3f}" for t in node_all)
         print(f"node:  {node_s:.3f} s/image (runs {runs}; {previews} previews)", flush=True)
+        # What one preview costs, against one denoising step (the A/B of whole images is noisier).
+        _, loop_seconds = engine.render_pixels(
+            dataclasses.replace(request, preview_every=0), lambda *_: None, threading.Event()
+        )
+        step_ms = 1000 * loop_seconds / request.steps
+        scale = engine.model.vae_scale_factor
+        latents = torch.randn(1, 4, args.size // scale, args.size // scale, device=device)
+        preview_ms, _ = median_seconds(
+            lambda: engine.previewer.jpeg(latents, args.size, args.size), 50, device
+        )
+        preview_ms *= 1000
+        results["step_ms"] = step_ms
+        results["preview_ms"] = preview_ms
+        share = 100 * preview_ms / step_ms
+        line = f"one step {step_ms:.1f} ms; one preview {preview_ms:.2f} ms ({share:.1f} % of a step"
         if args.preview_every:
-            quiet = dataclasses.replace(request, preview_every=0)
-            plain_s, _ = median_seconds(
-                lambda: engine.render_pixels(quiet, lambda *_: None, threading.Event()), args.repeats, device
+            line += (
+                f"; {share / args.preview_every:.2f} % of the loop at one every {args.preview_every} steps"
             )
-            results["node_seconds_without_previews"] = plain_s
-            cost = 100 * (node_s / plain_s - 1)
-            print(f"node without previews: {plain_s:.3f} s/image (previews cost {cost:+.1f} %)", flush=True)
+        print(line + ")", flush=True)
         if device.type == "cuda":
             results["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     finally:
@@ -258,9 +270,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the node's UNet and VAE (CUDA)")
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
     parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for both sides (0 = torch default)"
+    )
     args = parser.parse_args()
 
     device = loading.resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     loading.quiet_libraries()
     model_dir: Path | None = None
     scratch = None

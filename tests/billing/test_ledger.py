@@ -27,9 +27,10 @@ async def assert_books_balance(store: Store) -> None:
 
 
 async def two_replicas(open_store: OpenStore) -> list[Store]:
-    """Two billing replicas on one database; on PostgreSQL one tries batches without locks
-    first (the default), the other locks from the start, so both paths meet in the races."""
-    return [await open_store(), await open_store(optimistic_batches=False)]
+    """Two billing replicas on one database, each with two batches in flight; on PostgreSQL
+    one tries batches without locks first (the default), the other locks from the start,
+    so both paths meet in the races."""
+    return [await open_store(batch_workers=2), await open_store(batch_workers=2, optimistic_batches=False)]
 
 
 async def reserve_outcome(store: Store, job_id: str, account_id: str) -> str:

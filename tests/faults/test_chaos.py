@@ -73,7 +73,7 @@ def _restart(mesh: LocalMesh, proc: ServiceProcess) -> None:
 
 
 @pytest.mark.slow
-def test_chaos_loses_no_credit(tmp_path: Path) -> None:
+def test_chaos_loses_no_credit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mesh = verbose_mesh(
         tmp_path / "var",
         billing_env={
@@ -154,9 +154,10 @@ def test_chaos_loses_no_credit(tmp_path: Path) -> None:
     completed = sum(len(log.completed) for log in logs)
     failed = sum((log.failed for log in logs), Counter())
     transport = sum(log.transport_errors for log in logs)
-    print(
-        f"\nchaos: {sum(faults.values())} faults injected {dict(faults)}; "
-        f"jobs completed-and-charged {completed}, failed-and-refunded {sum(failed.values())} {dict(failed)}, "
-        f"connection lost {transport}"
-    )
+    with capsys.disabled():
+        print(
+            f"\nchaos: {sum(faults.values())} faults injected {dict(faults)}; "
+            f"jobs completed-and-charged {completed}, failed-and-refunded {sum(failed.values())} "
+            f"{dict(failed)}, connection lost {transport}"
+        )
     assert completed > 0, "no job completed under chaos"

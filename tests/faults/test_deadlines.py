@@ -148,12 +148,14 @@ def _stream_job(mesh: LocalMesh, key: str, events: list[str], started: threading
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", ["render", "gateway", "moderation", "billing"])
 def test_sigterm_with_jobs_in_flight_loses_nothing(drain_mesh: LocalMesh, victim: str) -> None:
+    drain_mesh.wait_for_nodes(1)  # the node restarted by the previous case must be back
     account = drain_mesh.create_account(1000)
     events: list[str] = []
     started = threading.Event()
     client = threading.Thread(target=_stream_job, args=(drain_mesh, account.api_key, events, started))
     client.start()
-    assert started.wait(60)
+    assert started.wait(120)
+    assert "progress" in events, f"the job never rendered: {events}"
     proc = {
         "render": drain_mesh.nodes[0],
         "gateway": drain_mesh.gateway,

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from talos_render import loading, tinymodel
 from talos_render.config import Settings
@@ -28,9 +27,7 @@ def tiny_model_dir(render_data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(render_data_dir: Path) -> loading.LoadedModel:
-    # One thread: the test machine is shared, and two OpenMP threads on a busy machine are
-    # slower than one.
-    torch.set_num_threads(1)
+    # cpu_threads defaults to 1: on this shared machine two OpenMP threads are far slower.
     return loading.load(Settings(model="builtin", data_dir=render_data_dir, device="cpu"))
 
 

@@ -27,7 +27,6 @@ def node_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "TALOS_RENDER_METRICS_PORT": "0",
         "TALOS_RENDER_TOKEN": TOKEN,
         "TALOS_RENDER_RECONNECT_MAX_SECONDS": "0.5",
-        "OMP_NUM_THREADS": "1",
         **extra,
     }
 

@@ -1,4 +1,8 @@
-"""What the blocking and the asyncio clients share: requests, retry rules and stream state.
+"""What the blocking and the asyncio clients share: everything that neither blocks nor awaits.
+
+:mod:`talos_sdk.client` and :mod:`talos_sdk.aio` keep only their I/O loops (calling the stub,
+iterating a stream, sleeping); settings, requests, retry decisions, event translation, resume
+bookkeeping and error mapping live here.
 
 Retry rules (none of them can charge twice):
 
@@ -18,14 +22,21 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
 from talos.api.v1 import api_pb2
-from talos_sdk.errors import InvalidRequest, ServiceUnavailable, TalosError
-from talos_sdk.models import Completed, Event, Failed, Progress, Queued, Started
+from talos_sdk.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    ServiceUnavailable,
+    TalosError,
+    error_from_rpc,
+)
+from talos_sdk.models import Completed, Event, Failed, Progress, Queued, Started, event_from_proto
 
 __version__ = "0.1.0"
 
@@ -66,23 +77,47 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
-def build_request(
-    prompt: str,
-    *,
-    negative_prompt: str | None = None,
-    style: str | None = None,
-    size: str | None = None,
-    aspect_ratio: str | None = None,
-    steps: int | None = None,
-    guidance: float | None = None,
-    seed: int | None = None,
-    nsfw: bool = False,
-    output_format: str | None = None,
-    idempotency_key: str | None = None,
-) -> Any:
+class JobOptions(TypedDict, total=False):
+    """The keyword arguments of ``generate``, ``generate_image`` and ``submit`` (see docs/sdk.md)."""
+
+    negative_prompt: str | None
+    style: str | None
+    size: str | None
+    aspect_ratio: str | None
+    steps: int | None
+    guidance: float | None
+    seed: int | None
+    nsfw: bool
+    output_format: str | None
+    idempotency_key: str | None
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword arguments of ``Client`` and ``AsyncClient`` besides the key, address and channel."""
+
+    tls: bool
+    root_certificates: bytes | None
+    #: Deadline of each unary call, seconds (default :data:`DEFAULT_TIMEOUT`).
+    timeout: float
+    #: Deadline of a whole job stream, seconds (default :data:`DEFAULT_STREAM_TIMEOUT`).
+    stream_timeout: float
+    max_retries: int
+    connect_retries: int
+
+
+def _check_keywords(given: Mapping[str, Any], allowed: type, where: str) -> None:
+    """Raises TypeError for a keyword ``allowed`` (a TypedDict) does not name, as a signature would."""
+    for name in given:
+        if name not in allowed.__annotations__:
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
+
+
+def build_request(prompt: str, options: JobOptions, *, where: str = "generate") -> Any:
     """A ``talos.api.v1.GenerateRequest``; ranges are checked by the API, types here."""
+    _check_keywords(options, JobOptions, where)
     if not isinstance(prompt, str):
         raise InvalidRequest("prompt must be a string", field="prompt")
+    idempotency_key = options.get("idempotency_key")
     key = idempotency_key if idempotency_key is not None else new_idempotency_key()
     if not key or len(key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(
@@ -90,14 +125,15 @@ def build_request(
         )
     request = api_pb2.GenerateRequest(
         prompt=prompt,
-        negative_prompt=negative_prompt or "",
-        style=style or "",
-        size=size or "",
-        aspect_ratio=aspect_ratio or "",
-        nsfw=bool(nsfw),
-        output_format=output_format or "",
+        negative_prompt=options.get("negative_prompt") or "",
+        style=options.get("style") or "",
+        size=options.get("size") or "",
+        aspect_ratio=options.get("aspect_ratio") or "",
+        nsfw=bool(options.get("nsfw", False)),
+        output_format=options.get("output_format") or "",
         idempotency_key=key,
     )
+    steps, guidance, seed = options.get("steps"), options.get("guidance"), options.get("seed")
     try:
         if steps is not None:
             request.steps = _int("steps", steps)
@@ -155,12 +191,35 @@ class Deadline:
 class UnaryPlan:
     """Retry decisions for one unary call."""
 
-    def __init__(self, policy: RetryPolicy, deadline: Deadline, *, capacity_retries: bool) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: Deadline,
+        *,
+        capacity_retries: bool,
+        job_id: str | None = None,
+    ) -> None:
         self.policy = policy
         self.deadline = deadline
         self.capacity_retries = capacity_retries
+        self.job_id = job_id
         self.connect_attempts = 0
         self.capacity_attempts = 0
+
+    def call_timeout(self) -> float:
+        """The timeout of the next attempt: what is left of the deadline."""
+        return max(0.001, self.deadline.remaining())
+
+    def error(self, exc: grpc.RpcError) -> TalosError:
+        """The SDK exception for a failed attempt."""
+        return error_from_rpc(exc, job_id=self.job_id)
+
+    def retry_delay(self, error: TalosError) -> float:
+        """Seconds to wait before the next attempt; raises ``error`` when there is none."""
+        delay = self.delay_after(error)
+        if delay is None:
+            raise error from None
+        return delay
 
     def delay_after(self, error: TalosError) -> float | None:
         """Seconds to wait before sending again, or None to give up and raise ``error``."""
@@ -190,18 +249,33 @@ class StreamPlan(UnaryPlan):
         policy: RetryPolicy,
         deadline: Deadline,
         *,
+        request: Any = None,
+        metadata: tuple[tuple[str, str], ...] = (),
         job_id: str | None = None,
     ) -> None:
-        super().__init__(policy, deadline, capacity_retries=True)
+        super().__init__(policy, deadline, capacity_retries=True, job_id=job_id)
+        #: The GenerateRequest of a new job (None when following one with Watch only).
+        self.request = request
+        self.metadata = metadata
         #: "generate" until the job exists somewhere, then "watch".
         self.mode = "watch" if job_id else "generate"
-        self.job_id = job_id
         self.delivered = False
         self.terminal: Event | None = None
         self.resumes = 0
         self._started = False
         self._queued: tuple[int, float] | None = None
         self._last_step = 0
+
+    def open(self, stub: Any) -> Any:
+        """Starts the next attempt's call (Generate, or Watch once the job exists); does not block."""
+        if self.mode == "generate":
+            return stub.Generate(self.request, metadata=self.metadata, timeout=self.call_timeout())
+        watch = api_pb2.WatchRequest(job_id=self.job_id)
+        return stub.Watch(watch, metadata=self.metadata, timeout=self.call_timeout())
+
+    def receive(self, message: Any) -> Event | None:
+        """Translates a ``JobEvent`` and keeps it only when it is new (see :meth:`accept`)."""
+        return self.accept(event_from_proto(message))
 
     def accept(self, event: Event | None) -> Event | None:
         """The event to hand to the caller, or None for an unknown kind or a replayed duplicate."""
@@ -247,3 +321,85 @@ class StreamPlan(UnaryPlan):
     @staticmethod
     def is_terminal(event: Event) -> bool:
         return isinstance(event, Completed | Failed)
+
+
+def finished(event: Event) -> Completed | None:
+    """The image of a Completed event; a Failed event raises its error; None for the others."""
+    if isinstance(event, Completed):
+        return event
+    if isinstance(event, Failed):
+        raise event.error()
+    return None
+
+
+class ClientBase:
+    """Settings and per-call plans of :class:`~talos_sdk.Client` and :class:`~talos_sdk.AsyncClient`."""
+
+    def __init__(self, api_key: str | None, address: str | None, options: ClientOptions, where: str) -> None:
+        _check_keywords(options, ClientOptions, where)
+        self.api_key = resolve_api_key(api_key)
+        self.address = resolve_address(address)
+        self.timeout = options.get("timeout", DEFAULT_TIMEOUT)
+        self.stream_timeout = options.get("stream_timeout", DEFAULT_STREAM_TIMEOUT)
+        self.retry_policy = RetryPolicy(
+            connect_retries=options.get("connect_retries", 3),
+            max_retries=options.get("max_retries", 0),
+        )
+        self._tls = options.get("tls", False)
+        self._root_certificates = options.get("root_certificates")
+
+    def _new_channel(self, module: Any) -> Any:
+        """A channel from ``grpc`` or ``grpc.aio`` (creating one does not connect)."""
+        if self._tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
+            return module.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        return module.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+
+    def _metadata(self, needs_key: bool = True) -> tuple[tuple[str, str], ...]:
+        if needs_key and not self.api_key:
+            raise AuthenticationError(
+                f"no API key: pass api_key or set {ENV_API_KEY}", code="invalid_api_key"
+            )
+        return auth_metadata(self.api_key)
+
+    def _policy(self, max_retries: int | None) -> RetryPolicy:
+        if max_retries is None:
+            return self.retry_policy
+        return RetryPolicy(connect_retries=self.retry_policy.connect_retries, max_retries=max_retries)
+
+    def _unary_plan(
+        self,
+        timeout: float | None,
+        max_retries: int | None,
+        *,
+        capacity_retries: bool,
+        job_id: str | None,
+    ) -> UnaryPlan:
+        deadline = Deadline(timeout if timeout is not None else self.timeout)
+        policy = self._policy(max_retries)
+        return UnaryPlan(policy, deadline, capacity_retries=capacity_retries, job_id=job_id)
+
+    def _job_plan(
+        self, prompt: str, options: JobOptions, timeout: float | None, max_retries: int | None
+    ) -> StreamPlan:
+        """The plan of a new job's stream (Generate, then Watch after a break)."""
+        request = build_request(prompt, options, where="generate")
+        metadata = self._metadata()
+        deadline = Deadline(timeout if timeout is not None else self.stream_timeout)
+        return StreamPlan(self._policy(max_retries), deadline, request=request, metadata=metadata)
+
+    def _watch_plan(self, job_id: str, timeout: float | None) -> StreamPlan:
+        metadata = self._metadata()
+        deadline = Deadline(timeout if timeout is not None else self.stream_timeout)
+        return StreamPlan(self.retry_policy, deadline, metadata=metadata, job_id=job_id)
+
+
+class JobStreamBase:
+    """What a job's stream knows without reading it: the plan, hence the job id once known."""
+
+    def __init__(self, plan: StreamPlan) -> None:
+        self._plan = plan
+
+    @property
+    def job_id(self) -> str | None:
+        return self._plan.job_id

@@ -10,7 +10,7 @@ classified by its status code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
@@ -41,6 +41,19 @@ __all__ = [
 
 _ERROR_INFO_TYPE = "google.rpc.ErrorInfo"
 _DETAILS_KEY = "grpc-status-details-bin"
+#: The exception class of each API error code; filled by ``class X(TalosError, code=...)``.
+_BY_CODE: dict[str, type[TalosError]] = {}
+
+
+class ErrorDetails(TypedDict, total=False):
+    """What an error may carry besides its code and message (see :class:`TalosError`)."""
+
+    retry_after: float | None
+    field: str | None
+    grpc_code: grpc.StatusCode | None
+    job_id: str | None
+    metadata: dict[str, str] | None
+    transport: bool
 
 
 class TalosError(Exception):
@@ -75,6 +88,12 @@ class TalosError(Exception):
         #: refused dial, a deadline spent on this side. Such a call may not have reached the API.
         self.transport = transport
 
+    def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:  # the class that stands for an API error code
+            cls.default_code = code
+            _BY_CODE[code] = cls
+
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
 
@@ -82,68 +101,48 @@ class TalosError(Exception):
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
 
-class InvalidRequest(TalosError):
+class InvalidRequest(TalosError, code="invalid_request"):
     """A parameter is out of range or unknown; ``field`` names it when the API said which."""
 
-    default_code = "invalid_request"
 
-
-class RequestTooLarge(TalosError):
+class RequestTooLarge(TalosError, code="request_too_large"):
     """The request exceeded the API's size limit."""
 
-    default_code = "request_too_large"
 
-
-class AuthenticationError(TalosError):
+class AuthenticationError(TalosError, code="invalid_api_key"):
     """The API key is missing, unknown or revoked."""
 
-    default_code = "invalid_api_key"
 
-
-class InsufficientCredits(TalosError):
+class InsufficientCredits(TalosError, code="insufficient_credits"):
     """Not enough allowance and balance left to pay for an image."""
-
-    default_code = "insufficient_credits"
 
 
 class PolicyRefusal(TalosError):
     """Base of the refusals of content policy: change the request, do not retry it as is."""
 
 
-class ContentPolicyViolation(PolicyRefusal):
+class ContentPolicyViolation(PolicyRefusal, code="content_policy_violation"):
     """The prompt hit the hard content limit; nothing was charged."""
 
-    default_code = "content_policy_violation"
 
-
-class OutputBlocked(PolicyRefusal):
+class OutputBlocked(PolicyRefusal, code="output_blocked"):
     """The image was adult content while 18+ output was off; the hold was refunded."""
 
-    default_code = "output_blocked"
 
-
-class AgeConfirmationRequired(PolicyRefusal):
+class AgeConfirmationRequired(PolicyRefusal, code="age_confirmation_required"):
     """``nsfw=True`` needs the account's one-time age confirmation first."""
 
-    default_code = "age_confirmation_required"
 
-
-class NotFound(TalosError):
+class NotFound(TalosError, code="not_found"):
     """No such job for this key (another account's job ids answer this too)."""
 
-    default_code = "not_found"
 
-
-class IdempotencyConflict(TalosError):
+class IdempotencyConflict(TalosError, code="idempotency_conflict"):
     """The idempotency key was already used with a different request."""
 
-    default_code = "idempotency_conflict"
 
-
-class JobCancelled(TalosError):
+class JobCancelled(TalosError, code="cancelled"):
     """The job was cancelled before it finished; nothing was charged."""
-
-    default_code = "cancelled"
 
 
 class TransientError(TalosError):
@@ -152,56 +151,25 @@ class TransientError(TalosError):
     retryable = True
 
 
-class RateLimited(TransientError):
+class RateLimited(TransientError, code="rate_limited"):
     """Too many requests or jobs at once for this key; wait ``retry_after`` seconds."""
 
-    default_code = "rate_limited"
 
-
-class NoCapacity(TransientError):
+class NoCapacity(TransientError, code="no_capacity"):
     """No render node can take the job now; nothing was charged. Wait ``retry_after`` seconds."""
 
-    default_code = "no_capacity"
 
-
-class Timeout(TransientError):
+class Timeout(TransientError, code="timeout"):
     """The job or the call ran out of time; a job that timed out was refunded."""
 
-    default_code = "timeout"
 
-
-class ServiceUnavailable(TransientError):
+class ServiceUnavailable(TransientError, code="unavailable"):
     """The gateway (or a service behind it) could not be reached."""
 
-    default_code = "unavailable"
 
-
-class InternalError(TransientError):
+class InternalError(TransientError, code="internal"):
     """The service failed unexpectedly; a job that failed this way was refunded."""
 
-    default_code = "internal"
-
-
-_BY_CODE: dict[str, type[TalosError]] = {
-    cls.default_code: cls
-    for cls in (
-        InvalidRequest,
-        RequestTooLarge,
-        AuthenticationError,
-        InsufficientCredits,
-        ContentPolicyViolation,
-        OutputBlocked,
-        AgeConfirmationRequired,
-        NotFound,
-        IdempotencyConflict,
-        JobCancelled,
-        RateLimited,
-        NoCapacity,
-        Timeout,
-        ServiceUnavailable,
-        InternalError,
-    )
-}
 
 # A status without ErrorInfo: what gRPC itself (or a proxy) meant by it.
 _BY_STATUS: dict[grpc.StatusCode, str] = {
@@ -219,29 +187,9 @@ _BY_STATUS: dict[grpc.StatusCode, str] = {
 }
 
 
-def error_for_code(
-    code: str,
-    message: str,
-    *,
-    retry_after: float | None = None,
-    field: str | None = None,
-    grpc_code: grpc.StatusCode | None = None,
-    job_id: str | None = None,
-    metadata: dict[str, str] | None = None,
-    transport: bool = False,
-) -> TalosError:
+def error_for_code(code: str, message: str, **details: Unpack[ErrorDetails]) -> TalosError:
     """The exception for an API error code; an unknown code gives a plain :class:`TalosError`."""
-    cls = _BY_CODE.get(code, TalosError)
-    return cls(
-        message,
-        code=code,
-        retry_after=retry_after,
-        field=field,
-        grpc_code=grpc_code,
-        job_id=job_id,
-        metadata=metadata,
-        transport=transport,
-    )
+    return _BY_CODE.get(code, TalosError)(message, code=code, **details)
 
 
 def _trailer(error: Any) -> bytes | None:

@@ -28,8 +28,9 @@ class Settings:
     sweep_seconds: float = 5.0
     # Ledger operations that arrive together commit in one transaction, at most this many.
     batch_max: int = 256
-    # Batches committing at once: 0 means 1 on SQLite (one writer) and 2 on PostgreSQL.
-    batch_workers: int = 0
+    # Batches in flight at once (PostgreSQL; SQLite has one writer): more overlap round trips
+    # to a distant database, at the cost of smaller batches (more CPU per operation).
+    batch_workers: int = 1
     # PostgreSQL: try each batch on a snapshot without locks first (retried with row locks
     # when a concurrent batch got there first); false locks from the start.
     optimistic_batches: bool = True

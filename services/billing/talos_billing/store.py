@@ -524,9 +524,8 @@ class Store:
     async def open(cls, settings: Settings, *, clock: Clock = time.time, migrate: bool = True) -> Store:
         url = database_url(settings)
         writer, reader = create_engines(settings)
-        workers = settings.batch_workers or (2 if url.get_backend_name() == "postgresql" else 1)
-        if url.get_backend_name() == "sqlite":
-            workers = 1  # one writer; more workers would only queue for it
+        # SQLite has one writer: more workers would only queue for it.
+        workers = max(1, settings.batch_workers) if url.get_backend_name() == "postgresql" else 1
         store = cls(
             writer,
             reader,

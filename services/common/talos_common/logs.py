@@ -43,9 +43,9 @@ def configure(service: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library loggers at debug would print request payloads; keep them quieter than ours.
+    # Library loggers at debug or info print payloads and SQL; only their warnings reach us.
     for noisy in ("aiohttp.access", "asyncio", "grpc", "sqlalchemy", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def redact(secret: str) -> str:

@@ -31,6 +31,10 @@ class Settings:
     data_dir: Path = Path("var")
     # auto, cpu or cuda (or cuda:N).
     device: str = "auto"
+    # torch's CPU threads (0 = torch's default, one per core). One is the default: the CPU
+    # does little on a GPU node, and on a shared CPU, two OpenMP threads that keep waiting for
+    # each other ran ten times slower than one (bench/RESULTS.md, Render).
+    cpu_threads: int = 1
     # auto (bf16 on CUDA, float32 on a CPU), bf16, fp16 or fp32.
     dtype: str = "auto"
     # torch.compile the UNet (and VAE decoder) on CUDA; one warm-up per size at start.

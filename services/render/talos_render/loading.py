@@ -146,6 +146,8 @@ def _from_folder(folder: Path, dtype: torch.dtype) -> Any:
 def load(settings: Settings) -> LoadedModel:
     """Loads, validates and places the pipeline on its device. Raises ModelError."""
     started = time.perf_counter()
+    if settings.cpu_threads > 0:
+        torch.set_num_threads(settings.cpu_threads)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     precheck(settings)
