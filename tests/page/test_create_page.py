@@ -7,7 +7,9 @@ states go to test-artifacts/screenshots/ (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import struct
 import urllib.request
 from pathlib import Path
@@ -252,8 +254,14 @@ def test_lost_connection_reconnects_then_gives_up_with_a_refund(
     # The stream never comes back: the page gives up, cancels the job (refunded) and says so.
     page.route(events, lambda route: route.abort("internetdisconnected"))
     set_advanced(page, Steps="60")
-    generate.click()
-    expect(page.locator("#error")).to_have_attribute("data-code", "network", timeout=60_000)
+    # A frozen node keeps the job unfinished however fast this machine renders 60 steps.
+    node_pid = mesh.nodes[0].pid
+    os.kill(node_pid, signal.SIGSTOP)
+    try:
+        generate.click()
+        expect(page.locator("#error")).to_have_attribute("data-code", "network", timeout=60_000)
+    finally:
+        os.kill(node_pid, signal.SIGCONT)
     expect(page.locator("#error-text")).to_contain_text("connection was lost")
     expect(page.locator("#error-text")).to_contain_text("refunded")
     page.screenshot(path=screenshots / "07-error-network.png")
