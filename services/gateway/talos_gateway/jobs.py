@@ -106,6 +106,8 @@ def key_hash(api_key: str) -> str:
 class Principal:
     account_id: str
     key_hash: str
+    # As billing said when the key was last checked; a confirmation is never withdrawn.
+    age_confirmed: bool = False
 
 
 class TokenBucket:
@@ -168,7 +170,7 @@ class Authenticator:
                     log.info("api key refused", extra={"key": redact(api_key)})
                     raise TalosError("invalid_api_key", "the API key is unknown or revoked") from None
                 raise
-            principal = Principal(state.account_id, digest)
+            principal = Principal(state.account_id, digest, state.age_confirmed)
             if len(self._cache) >= self.MAX_CACHED:
                 self.prune(now)
                 if len(self._cache) >= self.MAX_CACHED:
@@ -491,7 +493,7 @@ class JobRegistry:
         self._active_by_key[principal.key_hash] = active + 1
         accepted = False
         try:
-            if request.nsfw:
+            if request.nsfw and not principal.age_confirmed:
                 state = await self.billing.get_account(principal.account_id)
                 if not state.age_confirmed:
                     raise TalosError(
