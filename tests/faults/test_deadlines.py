@@ -185,3 +185,34 @@ def test_sigterm_with_jobs_in_flight_loses_nothing(drain_mesh: LocalMesh, victim
     if victim in ("render", "gateway"):
         # Draining means the job in hand finishes instead of being dropped.
         assert terminal[0] == "completed", events
+
+
+def test_a_node_that_stops_answering_times_out_with_504_and_a_refund(tmp_path: Path) -> None:
+    mesh = verbose_mesh(
+        tmp_path / "var",
+        gateway_env={
+            "TALOS_GATEWAY_ACCEPT_TIMEOUT_SECONDS": "1",
+            "TALOS_GATEWAY_JOB_TIMEOUT_BASE_SECONDS": "2",
+            "TALOS_GATEWAY_JOB_TIMEOUT_PER_STEP_MEGAPIXEL_SECONDS": "0",
+            "TALOS_GATEWAY_MAX_ATTEMPTS": "1",
+        },
+    )
+    try:
+        mesh.start(nodes=1)
+        account = mesh.create_account(1000)
+        node = mesh.nodes[0]
+        os.kill(node.pid, signal.SIGSTOP)  # connected, but it never answers the job
+        try:
+            reply = http(
+                "POST",
+                mesh.http_url + "/v1/images/generations",
+                account.api_key,
+                {"prompt": "a kite", "steps": 2},
+            )
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        assert reply.status == 504, reply.body
+        assert reply.body["error"]["code"] == "timeout"
+        assert _wait_balance(mesh, account.account_id, 1000) == 1000
+    finally:
+        mesh.stop()
