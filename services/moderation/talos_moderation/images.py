@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 UNDECODABLE = "undecodable"
@@ -66,8 +67,12 @@ def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> Decoded:
         if getattr(img, "n_frames", 1) != 1:
             raise ImageRejected(UNDECODABLE, "animated")
         fmt = img.format or "unknown"
-        img.load()
-        views = _to_rgb(img)
+        fast = _plain_png(data, img)
+        if fast is not None:
+            views: tuple[Image.Image, ...] = (fast,)
+        else:
+            img.load()
+            views = _to_rgb(img)
     except ImageRejected:
         raise
     except Image.DecompressionBombError:
@@ -81,6 +86,21 @@ def decode(data: bytes, *, max_pixels: int, max_bytes: int) -> Decoded:
     except Exception:
         raise ImageRejected(UNDECODABLE, "corrupt") from None
     return Decoded(views, width, height, fmt)
+
+
+def _plain_png(data: bytes, header: Image.Image) -> Image.Image | None:
+    """An 8-bit RGB PNG (what render nodes send) decoded by libspng, about twice as fast as
+    Pillow's decoder; None for any other kind, which Pillow decodes. Only called once the
+    header passed the pixel cap. libspng checks every CRC and fails on truncated data."""
+    if header.format != "PNG" or header.mode != "RGB":
+        return None
+    try:
+        pixels = pyspng.load(data)
+    except Exception:
+        raise ImageRejected(UNDECODABLE, "truncated_or_corrupt") from None
+    if pixels.dtype != np.uint8 or pixels.shape != (header.height, header.width, 3):
+        return None
+    return Image.fromarray(pixels, mode="RGB")
 
 
 def _to_rgb(img: Image.Image) -> tuple[Image.Image, ...]:
