@@ -129,6 +129,9 @@ class RelayLink:
         self._connections: dict[str, asyncio.Task[None]] = {}
         self._retired: set[str] = set()
         self._draining = False
+        # Set once shutdown closes the streams: a stream that ends then is not redialled, but
+        # nothing is cancelled until ``_stopping``, so the last messages reach the relay.
+        self._closing = False
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
 
@@ -220,13 +223,13 @@ class RelayLink:
     # -- one stream per address ----------------------------------------------------------------
     async def _connection(self, target: str) -> None:
         backoff = Backoff(self.settings.reconnect_min_seconds, self.settings.reconnect_max_seconds)
-        while not self._stopping.is_set() and target not in self._retired:
+        while not self._stopping.is_set() and not self._closing and target not in self._retired:
             try:
                 welcomed = await self._session(target)
             except Exception:  # a bug must not end the node's link for good
                 log.exception("relay stream crashed", extra={"relay": target})
                 welcomed = False
-            if self._stopping.is_set() or target in self._retired:
+            if self._stopping.is_set() or self._closing or target in self._retired:
                 break
             if welcomed:
                 backoff.reset()
@@ -452,7 +455,7 @@ class RelayLink:
             _, unflushed = await asyncio.wait(flushes, timeout=5)
             for task in unflushed:
                 task.cancel()
-        self._stopping.set()
+        self._closing = True
         for stream in list(self._streams):
             stream.outbound.close()
         if self._connections:
@@ -463,3 +466,4 @@ class RelayLink:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        self._stopping.set()
