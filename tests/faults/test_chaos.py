@@ -38,7 +38,8 @@ class ClientLog:
     transport_errors: int = 0
 
 
-def _client(mesh: LocalMesh, key: str, stop: threading.Event, log: ClientLog, seed: int) -> None:
+def _client(base_url: str, key: str, stop: threading.Event, log: ClientLog, seed: int) -> None:
+    """``base_url`` is read once: a restarted gateway comes back on the same port."""
     rng = random.Random(seed)
     while not stop.is_set():
         body = {
@@ -47,7 +48,7 @@ def _client(mesh: LocalMesh, key: str, stop: threading.Event, log: ClientLog, se
             "size": rng.choice(["1024x1024", "832x1216", "1216x832"]),
         }
         try:
-            reply = http("POST", mesh.http_url + "/v1/images/generations", key, body, timeout=90)
+            reply = http("POST", base_url + "/v1/images/generations", key, body, timeout=90)
         except OSError:
             log.transport_errors += 1
             stop.wait(0.3)
@@ -94,7 +95,7 @@ def test_chaos_loses_no_credit(tmp_path: Path, capsys: pytest.CaptureFixture[str
         stop = threading.Event()
         logs = [ClientLog() for _ in accounts]
         clients = [
-            threading.Thread(target=_client, args=(mesh, a.api_key, stop, log, n), daemon=True)
+            threading.Thread(target=_client, args=(mesh.http_url, a.api_key, stop, log, n), daemon=True)
             for n, (a, log) in enumerate(zip(accounts, logs, strict=True))
         ]
         for client in clients:
