@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import random
 import uuid
 from pathlib import Path
@@ -62,7 +63,16 @@ def test_canary_prompt_seed_and_image_leave_no_trace(tmp_path: Path, store: str)
             "POST", mesh.http_url + "/v1/images/generations", account.api_key, {**body, "stream": True}
         )
         assert streamed.status == 200
-        assert b"event: completed" in streamed.body if isinstance(streamed.body, bytes) else True
+        assert isinstance(streamed.body, bytes), "an event stream is not JSON"
+        completed_events = [
+            json.loads(line[len(b"data: ") :])
+            for block in streamed.body.split(b"\n\n")
+            if block.startswith(b"event: completed")
+            for line in block.split(b"\n")
+            if line.startswith(b"data: ")
+        ]
+        assert len(completed_events) == 1, streamed.body[-500:]
+        images.append(base64.b64decode(completed_events[0]["b64_json"]))
 
         with grpc.insecure_channel(mesh.grpc_addr) as channel:
             stub = api_pb2_grpc.ImageServiceStub(channel)

@@ -160,10 +160,10 @@ def build_servicer(
     """The servicer and its worker pool; ``classifier`` lets tests share one loaded model."""
     policy = PromptPolicy.load(config.rules_path, max_chars=config.max_prompt_chars)
     if policy.available:
-        log.info("prompt rules loaded", extra={"policy_version": policy.version})
+        log.info("policy rules loaded", extra={"policy_version": policy.version})
     else:
         log.error(
-            "prompt rules unavailable: every prompt will be blocked",
+            "policy rules unavailable: every check will block",
             extra={"policy_version": policy.version, "error": policy.error},
         )
     if classifier is None:
