@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from talos_gateway.relay.fairqueue import FairQueue
+from talos_gateway.relay.pngcheck import SIGNATURE, BrokenPng, check_plain_png
 from talos_gateway.relay.validate import InvalidResult, check_image, check_preview
 
 CAP = 24 * 1024 * 1024
@@ -114,3 +119,112 @@ def test_the_fair_queue_serves_accounts_in_turn() -> None:
     placed: list[str] = []
     queue.dispatch(lambda item: item.account_id == "d" and not placed.append(item.name), lambda: True)
     assert placed == ["d0"] and [i.name for i in queue.in_order()] == ["a2", "a3"]
+
+
+# -- the plain-PNG check: as strict as a full decode, never laxer ---------------------------
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(width: int, height: int, rows: bytes) -> bytes:
+    """An 8-bit RGB PNG assembled by hand from raw rows (filter byte + pixels)."""
+    return _png_of_stream(width, height, zlib.compress(rows))
+
+
+def _png_of_stream(width: int, height: int, stream: bytes) -> bytes:
+    return (
+        SIGNATURE
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", stream)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _rows(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, 3 * width), dtype=np.uint8)
+    filters = rng.integers(0, 5, (height, 1), dtype=np.uint8)
+    return np.hstack([filters, pixels]).tobytes()
+
+
+def _pillow_accepts(data: bytes, width: int, height: int) -> bool:
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            return image.size == (width, height) and image.mode == "RGB"
+    except Exception:
+        return False
+
+
+def test_a_node_png_is_checked_without_decoding_and_other_kinds_go_to_pillow() -> None:
+    noisy = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy, "RGB").save(buf, format="PNG")
+    assert check_plain_png(buf.getvalue(), 1024, 1024)
+    assert check_plain_png(_png(7, 5, _rows(7, 5)), 7, 5)
+    assert not check_plain_png(_png(7, 5, _rows(7, 5)), 5, 7)  # wrong size: Pillow names it
+    for mode in ("RGBA", "L", "P", "I;16"):
+        other = encode_mode(mode)
+        assert not check_plain_png(other, 16, 16)
+        check_image(other, "png", 16, 16, max_bytes=CAP, max_pixels=PIXELS)
+    assert not check_plain_png(encode(16, 16, "PNG", frames=2), 16, 16)
+    assert reason(encode(16, 16, "PNG", frames=2), width=16, height=16) == "animated"
+
+
+def encode_mode(mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (16, 16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("label", "build"),
+    [
+        ("bad filter byte", lambda rows: _png(7, 5, b"\x07" + rows[1:])),
+        ("a row short", lambda rows: _png(7, 5, rows[:-1])),
+        ("a byte too many", lambda rows: _png(7, 5, rows + b"\0")),
+        ("zlib stream cut", lambda rows: _png_of_stream(7, 5, zlib.compress(rows)[:-6])),
+        ("garbage after the stream", lambda rows: _png_of_stream(7, 5, zlib.compress(rows) + b"junk")),
+        ("not zlib at all", lambda rows: _png_of_stream(7, 5, rows)),
+        ("no IEND", lambda rows: _png(7, 5, rows)[:-12]),
+    ],
+)
+def test_broken_plain_pngs_fail_as_undecodable(label: str, build: Callable[[bytes], bytes]) -> None:
+    assert reason(build(_rows(7, 5)), width=7, height=5) == "undecodable", label
+
+
+def test_a_flipped_bit_anywhere_is_refused() -> None:
+    good = _png(7, 5, _rows(7, 5))
+    check_image(good, "png", 7, 5, max_bytes=CAP, max_pixels=PIXELS)
+    for at in range(8, len(good)):
+        bad = bytearray(good)
+        bad[at] ^= 0x10
+        assert reason(bytes(bad), width=7, height=5) in ("undecodable", "size", "format"), at
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    width=st.integers(1, 12),
+    height=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    cuts=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+    fix_crc=st.booleans(),
+)
+def test_the_plain_png_check_is_never_laxer_than_a_full_decode(
+    width: int, height: int, seed: int, cuts: list[tuple[int, int]], fix_crc: bool
+) -> None:
+    rows = bytearray(_rows(width, height, seed))
+    compressed = bytearray(zlib.compress(bytes(rows)))
+    for at, value in cuts:  # damage the image data itself, then (maybe) give it a valid CRC
+        compressed[at % len(compressed)] = value
+    data = _png_of_stream(width, height, bytes(compressed))
+    if cuts and not fix_crc:  # zero the IDAT chunk's CRC (IEND's 12 bytes follow it)
+        data = data[:-16] + bytes(4) + data[-12:]
+    try:
+        accepted = check_plain_png(data, width, height)
+    except BrokenPng:
+        accepted = False
+    if accepted:
+        assert _pillow_accepts(data, width, height)
+    if not cuts:
+        assert accepted

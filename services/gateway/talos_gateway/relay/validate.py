@@ -4,7 +4,9 @@ A node is run by a stranger, so its result is untrusted input: the bytes must be
 cap, must be the requested format, must declare exactly the requested width and height, and
 must really decode (the whole image, not just its header). The decode runs in a thread (it
 takes milliseconds per megapixel) and the pixel count is checked from the header before any
-pixel is decoded, so a decompression bomb is refused without being expanded.
+pixel is decoded, so a decompression bomb is refused without being expanded. The plain RGB PNGs
+nodes send are checked by :mod:`talos_gateway.relay.pngcheck` (every chunk, CRC, byte of image
+data and row filter, without building pixels); every other image is decoded in full by Pillow.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import io
 import warnings
 
 from PIL import Image
+
+from talos_gateway.relay.pngcheck import BrokenPng, check_plain_png
 
 # The names Pillow gives the formats a node may return.
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
@@ -50,6 +54,12 @@ def check_image(
         raise InvalidResult("format", f"unknown output format {output_format!r}")
     if width * height > max_pixels:
         raise InvalidResult("too_many_pixels", f"{width}x{height} is over the pixel cap")
+    if expected == "PNG":
+        try:
+            if check_plain_png(data, width, height):
+                return
+        except BrokenPng as exc:
+            raise InvalidResult("undecodable", str(exc)) from None
     try:
         with warnings.catch_warnings():
             # Pillow warns (then raises) on huge images; our own cap below is stricter.
