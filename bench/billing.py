@@ -7,7 +7,19 @@ PostgreSQL with the same number of clients, just before and just after billing's
 The last line printed is ``ratio N.NN`` = PostgreSQL pairs/s ÷ pgbench tps (the mean of
 the two pgbench runs; target: at least 0.50).
 
-    .venv/bin/python bench/billing.py [--seconds 10] [--clients 16]
+The ``grpc ceiling`` line just before it runs the same driver (same clients, seconds and
+warm-up) against a no-op BillingService in a child process of this script: a real
+``grpc.aio`` server built with ``talos_common.server.build_server`` (so it carries the
+same error interceptor, health and reflection as billing), whose Reserve and Capture
+answer a well-formed ``ReserveResponse``/``CaptureResponse`` of the real shape (Capture's
+hold is ``HOLD_STATE_CAPTURED``) without any ledger work: no store, no database, no lock.
+Its pairs/s is the most any Python gRPC billing process could reach on this machine with
+these clients if the ledger cost nothing, and its ratio the best ``ratio`` billing could
+show here; the server and client CPU per pair say where that ceiling comes from (on a
+small machine, the Python gRPC stacks of both sides share the same cores as PostgreSQL's
+benchmark did not have to). ``--skip-ceiling`` leaves it out.
+
+    .venv/bin/python bench/billing.py [--seconds 10] [--clients 16] [--skip-ceiling]
 
 PostgreSQL: ``--dsn`` (default ``$TALOS_BENCH_POSTGRES`` or postgresql://postgres@127.0.0.1:5432/test);
 billing uses a fresh schema there and drops it afterwards. pgbench uses its own database
@@ -34,10 +46,13 @@ from typing import Any
 
 import grpc
 import sqlalchemy
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_billing.config import Settings
+from talos_billing.servicer import SERVICE_NAME
 from talos_billing.store import Store
+from talos_common import server as talos_server
 from talos_common.procs import ServiceProcess, python_module
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -158,6 +173,93 @@ def run_store(name: str, env: dict[str, str], workdir: Path, clients: int, secon
     )
 
 
+class NoopBilling(billing_pb2_grpc.BillingServiceServicer):
+    """Answers CreateAccount, Reserve and Capture at once, in the real replies' shape, with no ledger."""
+
+    @staticmethod
+    def _hold(job_id: str, account_id: str, state: billing_pb2.HoldState) -> billing_pb2.Hold:
+        return billing_pb2.Hold(
+            job_id=job_id,
+            account_id=account_id,
+            amount=1,
+            from_balance=1,
+            state=state,
+            expires_at=Timestamp(seconds=int(time.time()) + 600),
+        )
+
+    @staticmethod
+    def _account(account_id: str) -> billing_pb2.AccountState:
+        return billing_pb2.AccountState(
+            account_id=account_id,
+            balance=10**11,
+            allowance_resets_at=Timestamp(seconds=int(time.time()) + 86_400),
+            price_per_image=1,
+        )
+
+    async def CreateAccount(
+        self, request: billing_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.CreateAccountResponse:
+        return billing_pb2.CreateAccountResponse(account_id=f"noop-{secrets.token_hex(8)}", api_key="noop")
+
+    async def Reserve(
+        self, request: billing_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.ReserveResponse:
+        return billing_pb2.ReserveResponse(
+            hold=self._hold(request.job_id, request.account_id, billing_pb2.HOLD_STATE_HELD),
+            account=self._account(request.account_id),
+        )
+
+    async def Capture(
+        self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.CaptureResponse:
+        return billing_pb2.CaptureResponse(
+            hold=self._hold(request.job_id, "", billing_pb2.HOLD_STATE_CAPTURED),
+            account=self._account(""),
+        )
+
+
+async def _serve_noop() -> None:
+    """The child of ``--noop-server``: listens on 127.0.0.1 port 0, announces it, serves until SIGTERM."""
+    servicer = NoopBilling()
+    grpc_server, health_servicer = talos_server.build_server(
+        register=[lambda s: billing_pb2_grpc.add_BillingServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    async with talos_server.stop_signals() as stop:
+        port = talos_server.bind(grpc_server, "127.0.0.1", 0)
+        await grpc_server.start()
+        await talos_server.set_serving(health_servicer, [SERVICE_NAME], True)
+        talos_server.announce_ready("billing-noop", grpc=f"127.0.0.1:{port}")
+        await stop.wait()
+        await grpc_server.stop(1.0)
+
+
+def run_ceiling(workdir: Path, clients: int, seconds: float) -> Window:
+    """The same driver against :class:`NoopBilling` in a child process (always stopped)."""
+    proc = ServiceProcess(
+        "billing-noop",
+        [sys.executable, str(Path(__file__).resolve()), "--noop-server"],
+        {},
+        workdir / "billing-noop.log",
+    )
+    try:
+        ready = proc.start(timeout=60)
+        return asyncio.run(_drive(ready["grpc"], clients, seconds, warmup=1.5, server_pid=proc.pid))
+    finally:
+        proc.stop()
+
+
+def _ceiling_report(window: Window, tps: float) -> str:
+    rate = window.pairs / window.seconds
+    server_us = window.server_cpu / window.pairs * 1e6 if window.pairs else 0.0
+    client_us = window.client_cpu / window.pairs * 1e6 if window.pairs else 0.0
+    return (
+        "grpc ceiling (no-op BillingService in a child process, talos_common.server.build_server, "
+        f"same clients): {rate:.0f} pairs/s (CPU per pair: server {server_us:.0f} us, "
+        f"clients {client_us:.0f} us) = ratio {rate / tps:.2f} of pgbench"
+    )
+
+
 def _ledger_stats(proc: ServiceProcess) -> dict[str, Any]:
     """Billing's closing line: how many batches (transactions) carried the operations."""
     for line in reversed(proc.log_path.read_text().splitlines()):
@@ -256,7 +358,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dsn", default=os.environ.get("TALOS_BENCH_POSTGRES", DEFAULT_DSN))
     parser.add_argument("--pgbench-db", default="pgbench_talos")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--skip-ceiling", action="store_true", help="leave out the no-op gRPC ceiling measurement"
+    )
+    parser.add_argument("--noop-server", action="store_true", help=argparse.SUPPRESS)  # the ceiling's child
     args = parser.parse_args(argv)
+    if args.noop_server:
+        asyncio.run(_serve_noop())
+        return
 
     dsn = args.dsn.replace("postgresql+asyncpg://", "postgresql://")
     print("versions:", " ".join(f"{k}={v}" for k, v in _versions(dsn).items()), flush=True)
@@ -286,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         tps_after = run_pgbench(dsn, args.pgbench_db, args.clients, args.seconds)
         print(f"pgbench -N (simple-update), {args.clients} clients, after: {tps_after:.0f} tps", flush=True)
         tps = (tps_before + tps_after) / 2
+        if not args.skip_ceiling:
+            print(_ceiling_report(run_ceiling(workdir, args.clients, args.seconds), tps), flush=True)
         print(f"postgresql pairs/s {results[-1].rate:.0f} / pgbench tps {tps:.0f} (mean of before and after)")
         print(f"ratio {results[-1].rate / tps:.2f}")
     finally:
@@ -311,4 +422,4 @@ def _report(result: StoreResult) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
