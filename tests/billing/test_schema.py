@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.exc import DBAPIError
 
 from talos_billing import schema
@@ -24,8 +25,7 @@ async def test_schema_is_versioned_and_reopening_migrates_nothing(
     assert await store.schema_version() == schema.LATEST
     again = await open_store()
     assert await again.migrate() == []
-    async with again.reader.connect() as conn:
-        rows = (await conn.execute(select(schema.schema_version))).all()
+    rows = await again.db.read(lambda conn: conn.execute(select(schema.schema_version)).all())
     assert [row.version for row in rows] == [m.version for m in schema.MIGRATIONS]
     assert all(row.description for row in rows)
 
@@ -37,34 +37,31 @@ async def test_ledger_refuses_update_and_delete(store: Store) -> None:
         delete(schema.ledger).where(schema.ledger.c.account == account_id),
     ):
         with pytest.raises(DBAPIError, match="append-only"):
-            async with store.writer.begin() as conn:
-                await conn.execute(statement)
+            await store.db.write(lambda conn, statement=statement: conn.execute(statement))
     entries = await store.ledger_entries(account=account_id)
     assert [e["amount"] for e in entries] == [10]
 
 
 async def test_balance_can_never_go_negative_in_the_database(store: Store) -> None:
     account_id, _ = await store.create_account(credits=5)
+    negative = update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=-1)
     with pytest.raises(DBAPIError):
-        async with store.writer.begin() as conn:
-            await conn.execute(
-                update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=-1)
-            )
+        await store.db.write(lambda conn: conn.execute(negative))
 
 
 async def test_audit_notices_tampering(store: Store) -> None:
     account_id, _ = await store.create_account(credits=50)
     assert (await store.audit()).ok
-    async with store.writer.begin() as conn:  # a balance changed behind the ledger's back
-        await conn.execute(
-            update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=60)
+
+    def set_balance(balance: int) -> Callable[[Connection], object]:
+        return lambda conn: conn.execute(
+            update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=balance)
         )
+
+    await store.db.write(set_balance(60))  # a balance changed behind the ledger's back
     report = await store.audit()
     assert not report.ok and any(account_id in problem for problem in report.problems)
-    async with store.writer.begin() as conn:
-        await conn.execute(
-            update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=50)
-        )
+    await store.db.write(set_balance(50))
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -76,7 +73,8 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     }
     loaded = settings_module.load(Settings, PREFIX, env)
     assert (loaded.port, loaded.hold_ttl_seconds, loaded.price) == (6000, 30.0, 18)
-    assert loaded.resolved_database_url() == f"sqlite+aiosqlite:///{(tmp_path / 'billing.db').resolve()}"
+    assert loaded.resolved_database_url() == f"sqlite:///{(tmp_path / 'billing.db').resolve()}"
+    assert database_url(loaded).drivername == "sqlite+pysqlite"  # run on billing's own threads
     names = settings_module.variables(Settings, PREFIX)
     assert {"TALOS_BILLING_DATABASE_URL", "TALOS_BILLING_HOST", "TALOS_BILLING_SWEEP_SECONDS"} <= set(names)
     pg = replace(loaded, database_url="postgresql://u:secret@db:5432/talos")

@@ -197,9 +197,8 @@ async def test_secrets_are_stored_only_as_hashes(client: Client) -> None:
     created = await stub.CreateAccount(billing_pb2.CreateAccountRequest(credits=1), timeout=TIMEOUT)
     issued = await stub.CreateNodeToken(billing_pb2.CreateNodeTokenRequest(name="n"), timeout=TIMEOUT)
     store = client.billing.store
-    async with store.reader.connect() as conn:
-        key_rows = (await conn.execute(select(schema.api_keys))).all()
-        token_rows = (await conn.execute(select(schema.node_tokens))).all()
+    key_rows = await store.db.read(lambda conn: conn.execute(select(schema.api_keys)).all())
+    token_rows = await store.db.read(lambda conn: conn.execute(select(schema.node_tokens)).all())
     stored = json.dumps([list(map(str, row)) for row in [*key_rows, *token_rows]])
     assert created.api_key not in stored and issued.token not in stored
     assert created.api_key[4:20] not in stored and issued.token[5:21] not in stored

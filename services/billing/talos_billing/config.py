@@ -44,4 +44,4 @@ class Settings:
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'billing.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'billing.db').resolve()}"

@@ -1,6 +1,10 @@
 """The billing store: accounts, keys, node tokens, holds and the append-only ledger.
 
-One code path serves SQLite and PostgreSQL (SQLAlchemy Core, async).
+One code path serves SQLite and PostgreSQL (SQLAlchemy Core). Every transaction is one
+synchronous function over a :class:`~sqlalchemy.Connection` that :mod:`talos_billing.db`
+runs: on SQLite whole, in one call into its writer thread (a thread hop per statement was
+most of a write's latency), on PostgreSQL through ``run_sync`` inside an asyncpg
+transaction. The store itself stays async: callers await the answer.
 
 Everything that moves credits (reserve, capture, release, expiry, grant) or changes an
 account goes through one *batch engine*: operations that arrive together are applied in
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Dialect,
     Row,
     Select,
@@ -58,12 +64,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 from talos_billing import keys, schema
 from talos_billing.config import Settings
-from talos_billing.db import create_engines, database_url, describe
+from talos_billing.db import Database, database_url, describe, open_database
 from talos_billing.schema import (
     CAPTURED,
     EXPIRED,
@@ -471,13 +476,25 @@ _EXPIRED_HOLDS = (
 )
 
 
+_READ_HOLD = select(holds).where(holds.c.job_id == bindparam("job_id"))
+
+
+def _first(statement: Select[Any], params: dict[str, Any], conn: Connection) -> Row[Any] | None:
+    """The first row a read finds (for :meth:`Database.read`)."""
+    return conn.execute(statement, params).first()
+
+
+def _scalars(statement: Select[Any], params: dict[str, Any], conn: Connection) -> Sequence[Any]:
+    """The first column of every row a read finds (for :meth:`Database.read`)."""
+    return conn.execute(statement, params).scalars().all()
+
+
 class Store:
     """The ledger and its accounts. Open with :meth:`open`, always :meth:`close`."""
 
     def __init__(
         self,
-        writer: AsyncEngine,
-        reader: AsyncEngine,
+        db: Database,
         *,
         price: int = 18,
         hold_ttl_seconds: float = 600.0,
@@ -488,14 +505,13 @@ class Store:
     ) -> None:
         if price <= 0:
             raise ValueError("price must be positive")
-        self.writer = writer
-        self.reader = reader
+        self.db = db
         self.price = price
         self.hold_ttl_ms = int(hold_ttl_seconds * 1000)
         self.batch_max = max(1, batch_max)
         self.batch_workers = max(1, batch_workers)
         self.clock = clock
-        self.dialect = writer.dialect.name
+        self.dialect = db.name
         self.optimistic = optimistic and self.dialect == "postgresql"
         self._queue: collections.deque[_Op] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -504,31 +520,21 @@ class Store:
         self._closing = False
         self._stop_sweeping = asyncio.Event()
         self._reads = _batch_reads(self.dialect)
-        if self.dialect == "postgresql":
-            # First try: one snapshot, no locks; PostgreSQL refuses (serialization failure)
-            # to let us update a row someone changed after our snapshot, and we go again.
-            self._optimistic = writer.execution_options(isolation_level="REPEATABLE READ")
         # Counters for the closing log line: how well operations group into batches.
         self.batches = 0
         self.batched_ops = 0
         self.batch_seconds = 0.0
         self.retried_batches = 0
-        if self.dialect == "postgresql":
-            # Reads need no transaction: one round trip each, no BEGIN/ROLLBACK.
-            self._read_engine = reader.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            self._read_engine = reader
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock = time.time, migrate: bool = True) -> Store:
         url = database_url(settings)
-        writer, reader = create_engines(settings)
+        db = open_database(settings)
         # SQLite has one writer: more workers would only queue for it.
-        workers = max(1, settings.batch_workers) if url.get_backend_name() == "postgresql" else 1
+        workers = max(1, settings.batch_workers) if db.name == "postgresql" else 1
         store = cls(
-            writer,
-            reader,
+            db,
             price=settings.price,
             hold_ttl_seconds=settings.hold_ttl_seconds,
             batch_max=settings.batch_max,
@@ -550,19 +556,20 @@ class Store:
         return store
 
     async def _create_schema(self, name: str) -> None:
-        quoted = self.writer.dialect.identifier_preparer.quote_identifier(name)
-        async with self.writer.begin() as conn:
-            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+        def create(conn: Connection) -> None:
+            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+
+        await self.db.write(create)
 
     async def migrate(self) -> list[int]:
-        now_ms = self._now_ms()
-        async with self.writer.begin() as conn:
-            return await conn.run_sync(schema.migrate, now_ms)
+        return await self.db.write(functools.partial(schema.migrate, now_ms=self._now_ms()))
 
     async def schema_version(self) -> int:
-        async with self._read_engine.connect() as conn:
-            value = (await conn.execute(select(func.max(schema.schema_version.c.version)))).scalar()
-            return int(value or 0)
+        def version(conn: Connection) -> int:
+            return int(conn.execute(select(func.max(schema.schema_version.c.version))).scalar() or 0)
+
+        return await self.db.read(version)
 
     def start(self) -> None:
         if not self._workers:
@@ -573,7 +580,7 @@ class Store:
             self._sweeper = asyncio.create_task(self._sweep_forever(every_seconds))
 
     async def close(self) -> None:
-        """Finishes the operations already queued, stops the sweeper, closes the pools."""
+        """Finishes the operations already queued, stops the sweeper, closes the database."""
         self._closing = True
         self._stop_sweeping.set()
         if self._sweeper is not None:
@@ -594,9 +601,7 @@ class Store:
                     "retried": self.retried_batches,
                 },
             )
-        await self.writer.dispose()
-        if self.reader is not self.writer:
-            await self.reader.dispose()
+        await self.db.close()
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -608,9 +613,11 @@ class Store:
         _check_credits(daily_allowance, "daily_allowance", positive=False)
         account_id = keys.new_account_id()
         api_key = keys.new_api_key()
+        key_hash = keys.digest(api_key)
         now_ms = self._now_ms()
-        async with self.writer.begin() as conn:
-            await conn.execute(
+
+        def create(conn: Connection) -> None:
+            conn.execute(
                 insert(accounts).values(
                     id=account_id,
                     balance=credits,
@@ -620,16 +627,14 @@ class Store:
                     created_at=now_ms,
                 )
             )
-            await conn.execute(
-                insert(api_keys).values(
-                    key_hash=keys.digest(api_key), account_id=account_id, created_at=now_ms
-                )
-            )
+            conn.execute(insert(api_keys).values(key_hash=key_hash, account_id=account_id, created_at=now_ms))
             if credits:
                 work = _Work({}, {}, now_ms)
                 txn = f"grant:{uuid.uuid4().hex}"
                 work.post(txn, "grant", None, (SYS_GRANTS, -credits), (account_id, credits))
-                await conn.execute(_INSERT_LEDGER, work.entries)
+                conn.execute(_INSERT_LEDGER, work.entries)
+
+        await self.db.write(create)
         log.info(
             "account created",
             extra={"account_id": account_id, "credits": credits, "daily_allowance": daily_allowance},
@@ -639,28 +644,32 @@ class Store:
     async def create_api_key(self, account_id: str) -> str:
         _check_id(account_id, "account_id", MAX_ACCOUNT_ID)
         api_key = keys.new_api_key()
-        async with self.writer.begin() as conn:
-            if (await conn.execute(_READ_ACCOUNT, {"id": account_id})).first() is None:
+        row = {"key_hash": keys.digest(api_key), "account_id": account_id, "created_at": self._now_ms()}
+
+        def create(conn: Connection) -> None:
+            if conn.execute(_READ_ACCOUNT, {"id": account_id}).first() is None:
                 raise TalosError("not_found", "no such account")
-            await conn.execute(
-                insert(api_keys).values(
-                    key_hash=keys.digest(api_key), account_id=account_id, created_at=self._now_ms()
-                )
-            )
+            conn.execute(insert(api_keys).values(row))
+
+        await self.db.write(create)
         log.info("api key created", extra={"account_id": account_id})
         return api_key
 
     async def revoke_api_keys(self, account_id: str) -> int:
         _check_id(account_id, "account_id", MAX_ACCOUNT_ID)
-        async with self.writer.begin() as conn:
-            if (await conn.execute(_READ_ACCOUNT, {"id": account_id})).first() is None:
+        now_ms = self._now_ms()
+
+        def revoke(conn: Connection) -> int:
+            if conn.execute(_READ_ACCOUNT, {"id": account_id}).first() is None:
                 raise TalosError("not_found", "no such account")
-            result = await conn.execute(
+            result = conn.execute(
                 update(api_keys)
                 .where(api_keys.c.account_id == account_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=self._now_ms())
+                .values(revoked_at=now_ms)
             )
-        revoked = int(result.rowcount or 0)
+            return int(result.rowcount or 0)
+
+        revoked = await self.db.write(revoke)
         log.info("api keys revoked", extra={"account_id": account_id, "revoked": revoked})
         return revoked
 
@@ -668,16 +677,14 @@ class Store:
         if not keys.plausible(api_key, keys.API_KEY_PREFIX):
             raise TalosError("invalid_api_key", "unknown or revoked API key")
         presented = keys.digest(api_key)
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(_AUTHENTICATE, {"hash": presented})).first()
+        row = await self.db.read(functools.partial(_first, _AUTHENTICATE, {"hash": presented}))
         if row is None or not keys.matches(row.key_hash, api_key):
             raise TalosError("invalid_api_key", "unknown or revoked API key")
         return self._row_view(row)
 
     async def get_account(self, account_id: str) -> AccountView:
         _check_id(account_id, "account_id", MAX_ACCOUNT_ID)
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(_READ_ACCOUNT, {"id": account_id})).first()
+        row = await self.db.read(functools.partial(_first, _READ_ACCOUNT, {"id": account_id}))
         if row is None:
             raise TalosError("not_found", "no such account")
         return self._row_view(row)
@@ -698,41 +705,39 @@ class Store:
             raise TalosError("invalid_request", f"name must be at most {MAX_NAME} printable characters")
         node_id = keys.new_node_id()
         token = keys.new_node_token()
-        async with self.writer.begin() as conn:
-            await conn.execute(
-                insert(node_tokens).values(
-                    node_id=node_id,
-                    name=name or node_id,
-                    token_hash=keys.digest(token),
-                    created_at=self._now_ms(),
-                )
-            )
+        statement = insert(node_tokens).values(
+            node_id=node_id, name=name or node_id, token_hash=keys.digest(token), created_at=self._now_ms()
+        )
+        await self.db.write(lambda conn: conn.execute(statement))
         log.info("node token created", extra={"node_id": node_id})
         return node_id, token
 
     async def authenticate_node(self, token: str) -> NodeIdentity:
         if not keys.plausible(token, keys.NODE_TOKEN_PREFIX):
             raise TalosError("invalid_api_key", "unknown or revoked node token")
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(_AUTHENTICATE_NODE, {"hash": keys.digest(token)})).first()
+        row = await self.db.read(functools.partial(_first, _AUTHENTICATE_NODE, {"hash": keys.digest(token)}))
         if row is None or not keys.matches(row.token_hash, token):
             raise TalosError("invalid_api_key", "unknown or revoked node token")
         return NodeIdentity(row.node_id, row.name)
 
     async def revoke_node_token(self, node_id: str) -> bool:
         _check_id(node_id, "node_id", MAX_ACCOUNT_ID)
-        async with self.writer.begin() as conn:
-            exists = (
-                await conn.execute(select(node_tokens.c.node_id).where(node_tokens.c.node_id == node_id))
+        now_ms = self._now_ms()
+
+        def revoke(conn: Connection) -> bool:
+            exists = conn.execute(
+                select(node_tokens.c.node_id).where(node_tokens.c.node_id == node_id)
             ).first()
             if exists is None:
                 raise TalosError("not_found", "no such node")
-            result = await conn.execute(
+            result = conn.execute(
                 update(node_tokens)
                 .where(node_tokens.c.node_id == node_id, node_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=self._now_ms())
+                .values(revoked_at=now_ms)
             )
-        revoked = bool(result.rowcount)
+            return bool(result.rowcount)
+
+        revoked = await self.db.write(revoke)
         log.info("node token revoked", extra={"node_id": node_id, "revoked": revoked})
         return revoked
 
@@ -867,31 +872,47 @@ class Store:
             "jobs": sorted({op.job_id for op in batch if op.job_id}),
         }
         pessimistic = self.dialect == "postgresql" and not optimistic
-        engine = self._optimistic if optimistic else self.writer
-        async with engine.begin() as conn:
-            found: dict[str, _Account] = {}
-            hold_map: dict[str, _Hold] = {}
-            if pessimistic:
-                for row in await conn.execute(self._reads.lock_accounts, params):
-                    found[row.id] = _Account(row)
-                if params["jobs"]:
-                    for row in await conn.execute(self._reads.holds, params):
-                        if row.account_id not in found:
-                            # Made after the lock statement read the holds: again, under the lock.
-                            raise _RetryBatch(row.job_id)
-                        hold_map[row.job_id] = _Hold.from_row(row)
-            else:
-                for row in await conn.execute(self._reads.together, params):
-                    if row.a_id not in found:
-                        found[row.a_id] = _Account(row, "a_")
-                    if row.h_job_id is not None:
-                        hold_map[row.h_job_id] = _Hold.from_row(row, "h_")
-            work = _Work(found, hold_map, now_ms)
-            results = [self._apply_one(work, op) for op in batch]
-            await self._flush(conn, work)
+        # First try on PostgreSQL: one snapshot, no locks; PostgreSQL refuses (serialization
+        # failure) to let us update a row someone changed after our snapshot, and we go again.
+        transaction = functools.partial(self._transaction, batch, params, now_ms, pessimistic)
+        return await self.db.write(transaction, snapshot=optimistic)
+
+    def _transaction(
+        self,
+        batch: Sequence[_Op],
+        params: dict[str, list[str]],
+        now_ms: int,
+        pessimistic: bool,
+        conn: Connection,
+    ) -> list[Any]:
+        """The body of a batch's transaction: read, apply in Python, write; all synchronous.
+
+        On SQLite this runs on the writer thread (touch no asyncio object here: the
+        operations' futures are settled by :meth:`_run`, back on the event loop).
+        """
+        found: dict[str, _Account] = {}
+        hold_map: dict[str, _Hold] = {}
+        if pessimistic:
+            for row in conn.execute(self._reads.lock_accounts, params):
+                found[row.id] = _Account(row)
+            if params["jobs"]:
+                for row in conn.execute(self._reads.holds, params):
+                    if row.account_id not in found:
+                        # Made after the lock statement read the holds: again, under the lock.
+                        raise _RetryBatch(row.job_id)
+                    hold_map[row.job_id] = _Hold.from_row(row)
+        else:
+            for row in conn.execute(self._reads.together, params):
+                if row.a_id not in found:
+                    found[row.a_id] = _Account(row, "a_")
+                if row.h_job_id is not None:
+                    hold_map[row.h_job_id] = _Hold.from_row(row, "h_")
+        work = _Work(found, hold_map, now_ms)
+        results = [self._apply_one(work, op) for op in batch]
+        self._flush(conn, work)
         return results
 
-    async def _flush(self, conn: AsyncConnection, work: _Work) -> None:
+    def _flush(self, conn: Connection, work: _Work) -> None:
         ordered = sorted(work.holds.values(), key=lambda h: h.job_id)
         new_holds = [h.insert_row() for h in ordered if h.is_new]
         changed_holds = [h.update_params() for h in ordered if h.dirty and not h.is_new]
@@ -899,13 +920,13 @@ class Store:
         # Accounts before holds, each in key order: the order the pessimistic path locks them,
         # so concurrent batches wait for each other instead of deadlocking.
         if changed_accounts:
-            await conn.execute(_UPDATE_ACCOUNT, changed_accounts)
+            conn.execute(_UPDATE_ACCOUNT, changed_accounts)
         if new_holds:
-            await conn.execute(_INSERT_HOLDS, new_holds)
+            conn.execute(_INSERT_HOLDS, new_holds)
         if changed_holds:
-            await conn.execute(_UPDATE_HOLD, changed_holds)
+            conn.execute(_UPDATE_HOLD, changed_holds)
         if work.entries:
-            await conn.execute(_INSERT_LEDGER, work.entries)
+            conn.execute(_INSERT_LEDGER, work.entries)
 
     def _apply_one(self, work: _Work, op: _Op) -> Any:
         kind = op.kind
@@ -1064,12 +1085,8 @@ class Store:
         """Expires every hold past its time; returns how many were expired."""
         total = 0
         while True:
-            async with self._read_engine.connect() as conn:
-                jobs = (
-                    (await conn.execute(_EXPIRED_HOLDS, {"now": self._now_ms(), "limit": limit}))
-                    .scalars()
-                    .all()
-                )
+            params = {"now": self._now_ms(), "limit": limit}
+            jobs: Sequence[str] = await self.db.read(functools.partial(_scalars, _EXPIRED_HOLDS, params))
             if not jobs:
                 return total
             outcomes = await asyncio.gather(*(self.expire(job) for job in jobs), return_exceptions=True)
@@ -1096,8 +1113,7 @@ class Store:
 
     # -- checking the books ------------------------------------------------------------------
     async def hold(self, job_id: str) -> HoldView | None:
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(select(holds).where(holds.c.job_id == job_id))).first()
+        row = await self.db.read(functools.partial(_first, _READ_HOLD, {"job_id": job_id}))
         return None if row is None else _Hold.from_row(row).view()
 
     async def ledger_entries(
@@ -1108,109 +1124,99 @@ class Store:
             query = query.where(ledger.c.job_id == job_id)
         if account is not None:
             query = query.where(ledger.c.account == account)
-        async with self._read_engine.connect() as conn:
-            return [dict(row._mapping) for row in await conn.execute(query)]
+        return await self.db.read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
 
     async def audit(self) -> AuditReport:
         """Checks the books: entries sum to zero, balances match the ledger, holds match."""
-        report = AuditReport()
-        async with self.reader.connect() as conn:
-            # One snapshot for every check (a SQLite read transaction already is one).
-            if self.dialect == "postgresql":
-                await conn.execution_options(isolation_level="REPEATABLE READ")
-            totals = (
-                await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0), func.count()))
-            ).one()
-            report.ledger_sum, report.entries = int(totals[0]), int(totals[1])
-            if report.ledger_sum != 0:
-                report.problems.append(f"ledger entries sum to {report.ledger_sum}, not 0")
-            unbalanced = await conn.execute(
-                select(ledger.c.txn, func.sum(ledger.c.amount))
-                .group_by(ledger.c.txn)
-                .having(func.sum(ledger.c.amount) != 0)
-                .limit(20)
-            )
-            for txn, total in unbalanced:
-                report.problems.append(f"operation {txn} sums to {total}")
-            by_account = (
-                select(ledger.c.account, func.sum(ledger.c.amount).label("total"))
-                .group_by(ledger.c.account)
-                .subquery()
-            )
-            mismatched = await conn.execute(
-                select(accounts.c.id, accounts.c.balance, func.coalesce(by_account.c.total, 0))
-                .select_from(accounts.outerjoin(by_account, by_account.c.account == accounts.c.id))
-                .where(accounts.c.balance != func.coalesce(by_account.c.total, 0))
-                .limit(20)
-            )
-            for account_id, balance, total in mismatched:
-                report.problems.append(f"account {account_id} balance {balance} but ledger says {total}")
+        # One snapshot for every check (a SQLite read transaction already is one).
+        return await self.db.read(_audit, snapshot=True)
 
-            async def ledger_total(account: str) -> int:
-                value = (
-                    await conn.execute(
-                        select(func.coalesce(func.sum(ledger.c.amount), 0)).where(ledger.c.account == account)
-                    )
-                ).scalar()
-                return int(value or 0)
 
-            async def hold_total(column: Any, *states: int) -> int:
-                value = (
-                    await conn.execute(
-                        select(func.coalesce(func.sum(column), 0)).where(holds.c.state.in_(states))
-                    )
-                ).scalar()
-                return int(value or 0)
+def _audit(conn: Connection) -> AuditReport:
+    """The audit's checks, on one snapshot of the books."""
+    report = AuditReport()
+    totals = (conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0), func.count()))).one()
+    report.ledger_sum, report.entries = int(totals[0]), int(totals[1])
+    if report.ledger_sum != 0:
+        report.problems.append(f"ledger entries sum to {report.ledger_sum}, not 0")
+    unbalanced = conn.execute(
+        select(ledger.c.txn, func.sum(ledger.c.amount))
+        .group_by(ledger.c.txn)
+        .having(func.sum(ledger.c.amount) != 0)
+        .limit(20)
+    )
+    for txn, total in unbalanced:
+        report.problems.append(f"operation {txn} sums to {total}")
+    by_account = (
+        select(ledger.c.account, func.sum(ledger.c.amount).label("total"))
+        .group_by(ledger.c.account)
+        .subquery()
+    )
+    mismatched = conn.execute(
+        select(accounts.c.id, accounts.c.balance, func.coalesce(by_account.c.total, 0))
+        .select_from(accounts.outerjoin(by_account, by_account.c.account == accounts.c.id))
+        .where(accounts.c.balance != func.coalesce(by_account.c.total, 0))
+        .limit(20)
+    )
+    for account_id, balance, total in mismatched:
+        report.problems.append(f"account {account_id} balance {balance} but ledger says {total}")
 
-            report.held = await hold_total(holds.c.amount, HELD)
-            if (held_ledger := await ledger_total(SYS_HOLDS)) != report.held:
-                report.problems.append(f"holds in ledger {held_ledger} but open holds total {report.held}")
-            report.revenue = await hold_total(holds.c.amount, CAPTURED)
-            if (revenue_ledger := await ledger_total(SYS_REVENUE)) != report.revenue:
-                report.problems.append(
-                    f"revenue in ledger {revenue_ledger} but captured holds total {report.revenue}"
-                )
-            allowance_spent = await hold_total(holds.c.from_allowance, HELD, CAPTURED)
-            if (allowance_ledger := await ledger_total(SYS_ALLOWANCE)) != -allowance_spent:
-                report.problems.append(
-                    f"allowance in ledger {allowance_ledger} but holds took {allowance_spent} of it"
-                )
-            captured = await conn.execute(
-                select(func.count()).where(holds.c.state == CAPTURED).select_from(holds)
+    def ledger_total(account: str) -> int:
+        value = (
+            conn.execute(
+                select(func.coalesce(func.sum(ledger.c.amount), 0)).where(ledger.c.account == account)
             )
-            captures = await conn.execute(
-                select(func.count(func.distinct(ledger.c.txn))).where(ledger.c.kind == "capture")
+        ).scalar()
+        return int(value or 0)
+
+    def hold_total(column: Any, *states: int) -> int:
+        value = (
+            conn.execute(select(func.coalesce(func.sum(column), 0)).where(holds.c.state.in_(states)))
+        ).scalar()
+        return int(value or 0)
+
+    report.held = hold_total(holds.c.amount, HELD)
+    if (held_ledger := ledger_total(SYS_HOLDS)) != report.held:
+        report.problems.append(f"holds in ledger {held_ledger} but open holds total {report.held}")
+    report.revenue = hold_total(holds.c.amount, CAPTURED)
+    if (revenue_ledger := ledger_total(SYS_REVENUE)) != report.revenue:
+        report.problems.append(
+            f"revenue in ledger {revenue_ledger} but captured holds total {report.revenue}"
+        )
+    allowance_spent = hold_total(holds.c.from_allowance, HELD, CAPTURED)
+    if (allowance_ledger := ledger_total(SYS_ALLOWANCE)) != -allowance_spent:
+        report.problems.append(
+            f"allowance in ledger {allowance_ledger} but holds took {allowance_spent} of it"
+        )
+    captured = conn.execute(select(func.count()).where(holds.c.state == CAPTURED).select_from(holds))
+    captures = conn.execute(select(func.count(func.distinct(ledger.c.txn))).where(ledger.c.kind == "capture"))
+    if (n_held := int(captured.scalar() or 0)) != (n_txn := int(captures.scalar() or 0)):
+        report.problems.append(f"{n_held} captured holds but {n_txn} capture operations")
+    # Allowance used on an account's day = what its holds of that day still take.
+    by_day = (
+        select(
+            holds.c.account_id,
+            holds.c.allowance_day,
+            func.sum(holds.c.from_allowance).label("spent"),
+        )
+        .where(holds.c.state.in_((HELD, CAPTURED)))
+        .group_by(holds.c.account_id, holds.c.allowance_day)
+        .subquery()
+    )
+    wrong_allowance = conn.execute(
+        select(accounts.c.id, accounts.c.allowance_used, func.coalesce(by_day.c.spent, 0))
+        .select_from(
+            accounts.outerjoin(
+                by_day,
+                and_(
+                    by_day.c.account_id == accounts.c.id,
+                    by_day.c.allowance_day == accounts.c.allowance_day,
+                ),
             )
-            if (n_held := int(captured.scalar() or 0)) != (n_txn := int(captures.scalar() or 0)):
-                report.problems.append(f"{n_held} captured holds but {n_txn} capture operations")
-            # Allowance used on an account's day = what its holds of that day still take.
-            by_day = (
-                select(
-                    holds.c.account_id,
-                    holds.c.allowance_day,
-                    func.sum(holds.c.from_allowance).label("spent"),
-                )
-                .where(holds.c.state.in_((HELD, CAPTURED)))
-                .group_by(holds.c.account_id, holds.c.allowance_day)
-                .subquery()
-            )
-            wrong_allowance = await conn.execute(
-                select(accounts.c.id, accounts.c.allowance_used, func.coalesce(by_day.c.spent, 0))
-                .select_from(
-                    accounts.outerjoin(
-                        by_day,
-                        and_(
-                            by_day.c.account_id == accounts.c.id,
-                            by_day.c.allowance_day == accounts.c.allowance_day,
-                        ),
-                    )
-                )
-                .where(accounts.c.allowance_used != func.coalesce(by_day.c.spent, 0))
-                .limit(20)
-            )
-            for account_id, used, spent in wrong_allowance:
-                report.problems.append(
-                    f"account {account_id} allowance used {used} but its holds take {spent}"
-                )
-            await conn.rollback()
-        return report
+        )
+        .where(accounts.c.allowance_used != func.coalesce(by_day.c.spent, 0))
+        .limit(20)
+    )
+    for account_id, used, spent in wrong_allowance:
+        report.problems.append(f"account {account_id} allowance used {used} but its holds take {spent}")
+    return report
