@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
@@ -68,11 +68,18 @@ class Direct:
         self.engine = Engine(load(Settings(model="builtin", data_dir=data_dir, device="cpu")))
         self.request = RenderRequest("a lighthouse at dusk", "", 1024, 1024, steps, 5.0, 7, "png", 0)
         self.loop = asyncio.new_event_loop()
+        self.last_image = b""
 
     def once(self) -> float:
         started = time.perf_counter()
-        self.loop.run_until_complete(self.engine.render(self.request, lambda *a: None, threading.Event()))
+        output = self.loop.run_until_complete(
+            self.engine.render(self.request, lambda *a: None, threading.Event())
+        )
+        self.last_image = output.image
         return time.perf_counter() - started
+
+    def image(self) -> bytes:
+        return self.last_image
 
     def close(self) -> None:
         self.engine.close()
@@ -166,6 +173,58 @@ def overhead_line(
         f"minus direct p50: overhead p50 {pct(over, 0.5):6.1f} p99 {pct(over, 0.99):6.1f} ms | "
         f"minus the job's own node time: p50 {pct(own, 0.5):6.1f} p99 {pct(own, 0.99):6.1f} ms"
     )
+
+
+class _OneImage(api_pb2_grpc.ImageServiceServicer):
+    """Streams one Completed event carrying the given image, as the gateway's last message does."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+
+    async def Generate(
+        self, request: api_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.JobEvent]:
+        yield api_pb2.JobEvent(job_id="floor", completed=api_pb2.Completed(image=self.image))
+
+
+def transfer_floor(image: bytes, count: int) -> list[float]:
+    """The image's last hop alone: a bare grpc.aio server (its own thread and loop) streaming the
+    same bytes to the same kind of client. A relayed image makes this trip twice (node to
+    gateway, gateway to client), so twice this is the least any relay of it could add."""
+    loop = asyncio.new_event_loop()
+    server_ready = threading.Event()
+    port = 0
+
+    async def serve(stop: asyncio.Event) -> None:
+        nonlocal port
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        api_pb2_grpc.add_ImageServiceServicer_to_server(_OneImage(image), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        server_ready.set()
+        await stop.wait()
+        await server.stop(None)
+
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(stop),), daemon=True)
+    thread.start()
+    server_ready.wait(30)
+    times = []
+    try:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = api_pb2_grpc.ImageServiceStub(channel)
+            for _ in range(count + 3):
+                started = time.perf_counter()
+                events = list(stub.Generate(api_pb2.GenerateRequest(prompt="x"), timeout=30))
+                assert events[-1].completed.image == image
+                times.append(time.perf_counter() - started)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+    return times[3:]
 
 
 async def throughput(
@@ -277,6 +336,12 @@ def main() -> None:
             for label, runs in times.items():
                 print(overhead_line(label, runs, direct_p50, node_seconds))
             print(gateway_share(mesh))
+            floor = transfer_floor(direct.image(), args.requests)
+            print(
+                f"floor: the same PNG ({len(direct.image()) / 1024:.0f} KiB) streamed once by a bare "
+                f"gRPC server to the same client: p50 {pct(floor, 0.5) * 1000:.1f} ms  "
+                f"p99 {pct(floor, 0.99) * 1000:.1f} ms (a relayed image travels twice)"
+            )
 
             # Part 2: only simulated nodes, so the render node must not take jobs.
             for node in mesh.nodes:

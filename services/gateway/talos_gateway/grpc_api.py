@@ -54,18 +54,18 @@ def to_proto(job: Job, event: JobEvent) -> api_pb2.JobEvent:
             ),
         )
     if isinstance(event, CompletedEvent):
-        return api_pb2.JobEvent(
-            job_id=job.id,
-            completed=api_pb2.Completed(
-                image=event.image,
-                output_format=event.output_format,
-                width=event.width,
-                height=event.height,
-                seed=event.seed,
-                credits_charged=event.credits_charged,
-                balance=event.balance,
-            ),
-        )
+        # Filled in place: a Completed built apart and passed in is copied again, and the image
+        # is megabytes.
+        message = api_pb2.JobEvent(job_id=job.id)
+        completed = message.completed
+        completed.image = event.image
+        completed.output_format = event.output_format
+        completed.width = event.width
+        completed.height = event.height
+        completed.seed = event.seed
+        completed.credits_charged = event.credits_charged
+        completed.balance = event.balance
+        return message
     assert isinstance(event, FailedEvent)
     return api_pb2.JobEvent(
         job_id=job.id,
