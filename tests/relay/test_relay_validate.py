@@ -187,6 +187,10 @@ def encode_mode(mode: str) -> bytes:
         ("garbage after the stream", lambda rows: _png_of_stream(7, 5, zlib.compress(rows) + b"junk")),
         ("not zlib at all", lambda rows: _png_of_stream(7, 5, rows)),
         ("no IEND", lambda rows: _png(7, 5, rows)[:-12]),
+        (
+            "a second IHDR",
+            lambda rows: _png(7, 5, rows)[:33] + _png(5, 7, rows)[8:33] + _png(7, 5, rows)[33:],
+        ),
     ],
 )
 def test_broken_plain_pngs_fail_as_undecodable(label: str, build: Callable[[bytes], bytes]) -> None:

@@ -59,6 +59,8 @@ def check_plain_png(data: bytes, width: int, height: int) -> bool:
             raise BrokenPng("chunk CRC mismatch")
         if kind in _ANIMATION or (kind[0] < 0x61 and kind not in (b"IHDR", b"IDAT", b"IEND", b"PLTE")):
             return False  # animated, or a critical chunk we do not know: the full decoder judges
+        if kind == b"IHDR" and pos != 8:
+            raise BrokenPng("a second IHDR")
         if kind == b"IDAT":
             if idat and last != b"IDAT":
                 raise BrokenPng("IDAT chunks are not consecutive")
