@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from talos_billing import schema
 from talos_billing.store import Store
@@ -297,3 +299,30 @@ async def test_hot_account_under_two_replicas_keeps_every_credit(open_store: Ope
     assert account.balance == sum(e["amount"] for e in granted) - 18 * charged
     assert account.balance >= 0
     await assert_books_balance(replicas[0])
+
+
+async def test_a_grant_retried_after_a_lost_commit_answer_is_applied_once(store: Store) -> None:
+    """The first commit succeeds but its answer is lost (the connection drops): billing
+    retries the batch, and the grant must not be applied a second time."""
+    account_id, _ = await store.create_account(0)
+    real_write = store.db.write
+    lost: list[bool] = []
+
+    async def write_losing_first_answer(fn: Any, *, snapshot: bool = False) -> Any:
+        result = await real_write(fn, snapshot=snapshot)
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost after commit"))
+        return result
+
+    store.db.write = write_losing_first_answer  # type: ignore[method-assign]
+    try:
+        view = await store.grant(account_id, 40)
+    finally:
+        store.db.write = real_write  # type: ignore[method-assign]
+    assert lost, "the fault was never injected"
+    assert view.balance == 40
+    assert (await store.get_account(account_id)).balance == 40
+    grants = [e for e in await store.ledger_entries(account=account_id) if e["kind"] == "grant"]
+    assert len(grants) == 1
+    assert (await store.audit()).ok

@@ -288,7 +288,7 @@ class _Hold:
 
 
 class _Op:
-    __slots__ = ("account_id", "amount", "future", "job_id", "kind", "reason")
+    __slots__ = ("account_id", "amount", "future", "job_id", "kind", "reason", "txn")
 
     def __init__(
         self,
@@ -298,6 +298,7 @@ class _Op:
         account_id: str = "",
         amount: int = 0,
         reason: str = "",
+        txn: str = "",
     ) -> None:
         self.kind = kind
         self.future = future
@@ -305,19 +306,25 @@ class _Op:
         self.account_id = account_id
         self.amount = amount
         self.reason = reason
+        # A grant's ledger operation id, fixed before the first attempt (see _apply_one).
+        self.txn = txn
 
 
 class _Work:
     """A batch's view of the store: locked accounts, its holds, what it will write."""
 
-    __slots__ = ("accounts", "day", "entries", "holds", "now_ms")
+    __slots__ = ("accounts", "day", "entries", "holds", "now_ms", "posted")
 
-    def __init__(self, accts: dict[str, _Account], hold_map: dict[str, _Hold], now_ms: int) -> None:
+    def __init__(
+        self, accts: dict[str, _Account], hold_map: dict[str, _Hold], now_ms: int, posted: set[str]
+    ) -> None:
         self.accounts = accts
         self.holds = hold_map
         self.now_ms = now_ms
         self.day = now_ms // DAY_MS
         self.entries: list[dict[str, Any]] = []
+        # The batch's grant operations already in the ledger (an earlier attempt committed).
+        self.posted = posted
 
     def post(self, txn: str, kind: str, job_id: str | None, *legs: tuple[str, int]) -> None:
         """Appends one operation's entries; the legs always sum to zero."""
@@ -477,6 +484,7 @@ _EXPIRED_HOLDS = (
 
 
 _READ_HOLD = select(holds).where(holds.c.job_id == bindparam("job_id"))
+_POSTED = select(ledger.c.txn).where(ledger.c.txn.in_(bindparam("txns", expanding=True))).distinct()
 
 
 def _first(statement: Select[Any], params: dict[str, Any], conn: Connection) -> Row[Any] | None:
@@ -629,7 +637,7 @@ class Store:
             )
             conn.execute(insert(api_keys).values(key_hash=key_hash, account_id=account_id, created_at=now_ms))
             if credits:
-                work = _Work({}, {}, now_ms)
+                work = _Work({}, {}, now_ms, set())
                 txn = f"grant:{uuid.uuid4().hex}"
                 work.post(txn, "grant", None, (SYS_GRANTS, -credits), (account_id, credits))
                 conn.execute(_INSERT_LEDGER, work.entries)
@@ -773,7 +781,9 @@ class Store:
     async def grant(self, account_id: str, credits: int) -> AccountView:
         _check_id(account_id, "account_id", MAX_ACCOUNT_ID)
         _check_credits(credits, "credits", positive=True)
-        view: AccountView = await self._submit("grant", account_id=account_id, amount=credits)
+        view: AccountView = await self._submit(
+            "grant", account_id=account_id, amount=credits, txn=f"grant:{uuid.uuid4().hex}"
+        )
         log.info("credits granted", extra={"account_id": account_id, "credits": credits})
         return view
 
@@ -790,12 +800,18 @@ class Store:
         return view
 
     async def _submit(
-        self, kind: str, job_id: str = "", account_id: str = "", amount: int = 0, reason: str = ""
+        self,
+        kind: str,
+        job_id: str = "",
+        account_id: str = "",
+        amount: int = 0,
+        reason: str = "",
+        txn: str = "",
     ) -> Any:
         if self._closing:
             raise TalosError("unavailable", "billing is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(kind, future, job_id, account_id, amount, reason))
+        self._queue.append(_Op(kind, future, job_id, account_id, amount, reason, txn))
         self._wakeup.set()
         return await future
 
@@ -907,7 +923,9 @@ class Store:
                     found[row.a_id] = _Account(row, "a_")
                 if row.h_job_id is not None:
                     hold_map[row.h_job_id] = _Hold.from_row(row, "h_")
-        work = _Work(found, hold_map, now_ms)
+        grants = [op.txn for op in batch if op.kind == "grant"]
+        posted = set(conn.execute(_POSTED, {"txns": grants}).scalars()) if grants else set()
+        work = _Work(found, hold_map, now_ms, posted)
         results = [self._apply_one(work, op) for op in batch]
         self._flush(conn, work)
         return results
@@ -942,11 +960,12 @@ class Store:
         if account is None:
             return TalosError("not_found", "no such account")
         if kind == "grant":
-            account.balance += op.amount
-            account.dirty = True
-            work.post(
-                f"grant:{uuid.uuid4().hex}", "grant", None, (SYS_GRANTS, -op.amount), (account.id, op.amount)
-            )
+            # Jobs are idempotent by job id; a grant by its operation id, so a batch retried
+            # after a commit whose answer was lost (it did commit) does not grant twice.
+            if op.txn not in work.posted:
+                account.balance += op.amount
+                account.dirty = True
+                work.post(op.txn, "grant", None, (SYS_GRANTS, -op.amount), (account.id, op.amount))
         elif kind == "set_allowance":
             account.daily_allowance = op.amount
             account.dirty = True
