@@ -99,8 +99,9 @@ async def test_lowering_the_allowance_mid_day(store: Store) -> None:
     await store.reserve("lower-1", account_id)
     account = await store.set_allowance(account_id, 10)
     assert account.allowance_remaining == 0  # 18 already used today, more than the new 10
-    with pytest.raises(TalosError):
+    with pytest.raises(TalosError) as caught:
         await store.reserve("lower-2", account_id)
+    assert caught.value.code == "insufficient_credits"
     account = await store.set_allowance(account_id, 36)
     assert account.allowance_remaining == 18
     await assert_books_balance(store)

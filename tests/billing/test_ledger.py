@@ -7,6 +7,7 @@ locking, not one process's queue, is what keeps an account from being overdrawn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
@@ -326,3 +327,42 @@ async def test_a_grant_retried_after_a_lost_commit_answer_is_applied_once(store:
     grants = [e for e in await store.ledger_entries(account=account_id) if e["kind"] == "grant"]
     assert len(grants) == 1
     assert (await store.audit()).ok
+
+
+async def test_a_batch_rolled_back_and_retried_logs_its_return_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Log lines are written after the commit: an attempt that rolled back leaves none, so
+    an operator reading the log never sees a hold returned twice (or one that was not)."""
+    account_id, _ = await store.create_account(credits=100)
+    await store.reserve("logged-once", account_id)
+    real_write = store.db.write
+    failed: list[bool] = []
+
+    async def write_failing_first_attempt(fn: Any, *, snapshot: bool = False) -> Any:
+        def attempt(conn: Any) -> Any:
+            result = fn(conn)
+            if not failed:  # the batch did all its work, then the commit never happened
+                failed.append(True)
+                raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost before commit"))
+            return result
+
+        return await real_write(attempt, snapshot=snapshot)
+
+    caplog.set_level(logging.INFO, logger="talos_billing.store")
+    store.db.write = write_failing_first_attempt  # type: ignore[method-assign]
+    try:
+        hold, account = await store.release("logged-once", "node_failed")
+    finally:
+        store.db.write = real_write  # type: ignore[method-assign]
+    assert failed, "the fault was never injected"
+    assert (hold.state, account.balance) == (schema.RELEASED, 100)
+    returned = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "hold returned" and getattr(r, "job_id", None) == "logged-once"
+    ]
+    assert len(returned) == 1
+    releases = {e["txn"] for e in await store.ledger_entries(job_id="logged-once") if e["kind"] == "release"}
+    assert releases == {"release:logged-once"}
+    await assert_books_balance(store)

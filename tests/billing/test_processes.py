@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
+from talos_billing import admin as admin_cli
 from talos_billing import schema
 from talos_billing.config import Settings
 from talos_billing.store import Store
@@ -118,6 +119,23 @@ def test_talos_admin_errors(billing: ServiceProcess, tmp_path: Path) -> None:
     down = admin(f"127.0.0.1:{closed_port}", "--timeout", "2", "account", "acc_x", check=False)
     assert down.returncode == 1 and "TALOS_BILLING_ADDR" in down.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "explained"),
+    [
+        (["grant", "acc_x", "lots"], "argument credits: 'lots' is not a whole number"),
+        (["grant", "acc_x", "0"], "argument credits: must be positive"),
+        (["create-account", "--credits", "-1"], "argument --credits: must be zero or more"),
+    ],
+)
+def test_talos_admin_explains_a_bad_number(
+    argv: list[str], explained: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:  # argparse refuses before any call is made
+        admin_cli.main(argv)
+    assert caught.value.code == 2
+    assert explained in capsys.readouterr().err
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:

@@ -45,8 +45,9 @@ async def test_ledger_refuses_update_and_delete(store: Store) -> None:
 async def test_balance_can_never_go_negative_in_the_database(store: Store) -> None:
     account_id, _ = await store.create_account(credits=5)
     negative = update(schema.accounts).where(schema.accounts.c.id == account_id).values(balance=-1)
-    with pytest.raises(DBAPIError):
+    with pytest.raises(DBAPIError, match="accounts_balance_not_negative"):
         await store.db.write(lambda conn: conn.execute(negative))
+    assert (await store.get_account(account_id)).balance == 5
 
 
 async def test_audit_notices_tampering(store: Store) -> None:

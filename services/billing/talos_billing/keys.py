@@ -38,8 +38,9 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def matches(stored_hash: str, presented: str) -> bool:
-    return hmac.compare_digest(stored_hash.encode("ascii"), digest(presented).encode("ascii"))
+def matches(stored_hash: str, presented_hash: str) -> bool:
+    """Compares a stored hash with the :func:`digest` of a presented secret, in constant time."""
+    return hmac.compare_digest(stored_hash.encode("ascii"), presented_hash.encode("ascii"))
 
 
 def plausible(secret: str, prefix: str) -> bool:

@@ -60,9 +60,7 @@ async def start(settings: Settings, *, clock: Clock = time.time, sweeper: bool =
 
 async def serve(settings: Settings | None = None) -> None:
     settings = settings or settings_module.load(Settings, PREFIX)
-    logs.configure("billing", settings.log_level)
-    # SQLAlchemy logs every statement at INFO; billing's own lines say what happened.
-    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    logs.configure("billing", settings.log_level)  # keeps SQLAlchemy's per-statement lines out
     async with server.stop_signals() as stop:
         billing = await start(settings)
         log.info(

@@ -310,10 +310,14 @@ class _Op:
         self.txn = txn
 
 
+# A log line a batch leaves for after its commit: (level, message, extra).
+_Note = tuple[int, str, dict[str, Any]]
+
+
 class _Work:
     """A batch's view of the store: locked accounts, its holds, what it will write."""
 
-    __slots__ = ("accounts", "day", "entries", "holds", "now_ms", "posted")
+    __slots__ = ("accounts", "day", "entries", "holds", "notes", "now_ms", "posted")
 
     def __init__(
         self, accts: dict[str, _Account], hold_map: dict[str, _Hold], now_ms: int, posted: set[str]
@@ -325,6 +329,11 @@ class _Work:
         self.entries: list[dict[str, Any]] = []
         # The batch's grant operations already in the ledger (an earlier attempt committed).
         self.posted = posted
+        self.notes: list[_Note] = []
+
+    def note(self, level: int, message: str, **extra: Any) -> None:
+        """Logs after the commit: an attempt rolled back and retried leaves no line of its own."""
+        self.notes.append((level, message, extra))
 
     def post(self, txn: str, kind: str, job_id: str | None, *legs: tuple[str, int]) -> None:
         """Appends one operation's entries; the legs always sum to zero."""
@@ -526,7 +535,6 @@ class Store:
         self._workers: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
-        self._stop_sweeping = asyncio.Event()
         self._reads = _batch_reads(self.dialect)
         # Counters for the closing log line: how well operations group into batches.
         self.batches = 0
@@ -590,7 +598,6 @@ class Store:
     async def close(self) -> None:
         """Finishes the operations already queued, stops the sweeper, closes the database."""
         self._closing = True
-        self._stop_sweeping.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -686,7 +693,7 @@ class Store:
             raise TalosError("invalid_api_key", "unknown or revoked API key")
         presented = keys.digest(api_key)
         row = await self.db.read(functools.partial(_first, _AUTHENTICATE, {"hash": presented}))
-        if row is None or not keys.matches(row.key_hash, api_key):
+        if row is None or not keys.matches(row.key_hash, presented):
             raise TalosError("invalid_api_key", "unknown or revoked API key")
         return self._row_view(row)
 
@@ -723,8 +730,9 @@ class Store:
     async def authenticate_node(self, token: str) -> NodeIdentity:
         if not keys.plausible(token, keys.NODE_TOKEN_PREFIX):
             raise TalosError("invalid_api_key", "unknown or revoked node token")
-        row = await self.db.read(functools.partial(_first, _AUTHENTICATE_NODE, {"hash": keys.digest(token)}))
-        if row is None or not keys.matches(row.token_hash, token):
+        presented = keys.digest(token)
+        row = await self.db.read(functools.partial(_first, _AUTHENTICATE_NODE, {"hash": presented}))
+        if row is None or not keys.matches(row.token_hash, presented):
             raise TalosError("invalid_api_key", "unknown or revoked node token")
         return NodeIdentity(row.node_id, row.name)
 
@@ -841,7 +849,7 @@ class Store:
         delay = 0.002
         for attempt in range(1, _BATCH_ATTEMPTS + 1):
             try:
-                results = await self._apply(batch, optimistic=self.optimistic and attempt == 1)
+                results, notes = await self._apply(batch, optimistic=self.optimistic and attempt == 1)
             except (_RetryBatch, DBAPIError) as exc:
                 self.retried_batches += 1
                 if attempt == _BATCH_ATTEMPTS:
@@ -864,6 +872,8 @@ class Store:
                     op.future.set_exception(result)
                 else:
                     op.future.set_result(result)
+            for level, message, extra in notes:
+                log.log(level, message, extra=extra)
             return
         if len(batch) > 1:
             # One operation may be what fails: give each its own transaction.
@@ -875,8 +885,8 @@ class Store:
         if not op.future.done():
             op.future.set_exception(TalosError("unavailable", "the ledger store is unavailable"))
 
-    async def _apply(self, batch: Sequence[_Op], *, optimistic: bool) -> list[Any]:
-        """One transaction for the whole batch; returns each operation's answer.
+    async def _apply(self, batch: Sequence[_Op], *, optimistic: bool) -> tuple[list[Any], list[_Note]]:
+        """One transaction for the whole batch; returns each operation's answer and its log lines.
 
         ``optimistic`` (PostgreSQL's first try): one REPEATABLE READ read without locks.
         Otherwise PostgreSQL locks accounts then holds before deciding; SQLite's writer
@@ -900,11 +910,12 @@ class Store:
         now_ms: int,
         pessimistic: bool,
         conn: Connection,
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[_Note]]:
         """The body of a batch's transaction: read, apply in Python, write; all synchronous.
 
         On SQLite this runs on the writer thread (touch no asyncio object here: the
-        operations' futures are settled by :meth:`_run`, back on the event loop).
+        operations' futures are settled, and their log lines written, by :meth:`_run`,
+        back on the event loop once the batch has committed).
         """
         found: dict[str, _Account] = {}
         hold_map: dict[str, _Hold] = {}
@@ -928,7 +939,7 @@ class Store:
         work = _Work(found, hold_map, now_ms, posted)
         results = [self._apply_one(work, op) for op in batch]
         self._flush(conn, work)
-        return results
+        return results, work.notes
 
     def _flush(self, conn: Connection, work: _Work) -> None:
         ordered = sorted(work.holds.values(), key=lambda h: h.job_id)
@@ -1023,14 +1034,13 @@ class Store:
             (SYS_HOLDS, self.price),
         )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
+            work.note(
+                logging.DEBUG,
                 "reserved",
-                extra={
-                    "job_id": job_id,
-                    "account_id": account_id,
-                    "from_allowance": from_allowance,
-                    "from_balance": from_balance,
-                },
+                job_id=job_id,
+                account_id=account_id,
+                from_allowance=from_allowance,
+                from_balance=from_balance,
             )
         return hold.view(), account.view(day)
 
@@ -1055,7 +1065,7 @@ class Store:
             "capture:" + job_id, "capture", job_id, (SYS_HOLDS, -hold.amount), (SYS_REVENUE, hold.amount)
         )
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("captured", extra={"job_id": job_id, "amount": hold.amount})
+            work.note(logging.DEBUG, "captured", job_id=job_id, amount=hold.amount)
         return hold.view(), account.view(work.day)
 
     def _do_release(self, work: _Work, job_id: str, reason: str, *, expire: bool) -> Any:
@@ -1087,16 +1097,15 @@ class Store:
             (account.id, hold.from_balance),
             (SYS_ALLOWANCE, hold.from_allowance),
         )
-        log.info(
+        work.note(
+            logging.INFO,
             "hold returned",
-            extra={
-                "job_id": hold.job_id,
-                "account_id": account.id,
-                "state": "expired" if state == EXPIRED else "released",
-                "reason": reason,
-                "from_allowance": hold.from_allowance,
-                "from_balance": hold.from_balance,
-            },
+            job_id=hold.job_id,
+            account_id=account.id,
+            state="expired" if state == EXPIRED else "released",
+            reason=reason,
+            from_allowance=hold.from_allowance,
+            from_balance=hold.from_balance,
         )
 
     # -- expiry -----------------------------------------------------------------------------
@@ -1118,7 +1127,8 @@ class Store:
                 return total
 
     async def _sweep_forever(self, every_seconds: float) -> None:
-        while not self._stop_sweeping.is_set():
+        """Sweeps every ``every_seconds`` until :meth:`close` cancels it."""
+        while True:
             try:
                 expired = await self.sweep()
                 if expired:
@@ -1127,8 +1137,7 @@ class Store:
                 raise
             except Exception:
                 log.exception("expiry sweep failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_sweeping.wait(), every_seconds)
+            await asyncio.sleep(every_seconds)
 
     # -- checking the books ------------------------------------------------------------------
     async def hold(self, job_id: str) -> HoldView | None:
