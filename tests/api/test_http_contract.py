@@ -505,6 +505,9 @@ async def test_every_response_has_a_request_id_and_errors_have_one_shape(api: Ap
         assert reply.headers.get("X-Request-Id"), path
         if reply.status >= 400:
             assert set(reply.body) == {"error"} and set(reply.body["error"]) == {"code", "message"}
+        if method == "PUT":
+            assert reply.status == 405 and "Allow" in reply.headers
+            assert reply.message == "PUT is not allowed on this path", reply.message
     echoed = await api.call("GET", "/healthz", headers={"X-Request-Id": "trace-123"})
     assert echoed.headers["X-Request-Id"] == "trace-123"
 
@@ -521,8 +524,8 @@ async def test_page_is_served_with_a_strict_csp(api: Api) -> None:
     assert "/static/" in html
     for asset in ("/static/app.js", "/static/style.css"):
         async with api.session.get(api.base_url + asset) as resp:
-            if resp.status == 200:  # the page engineer's files, when present
-                assert resp.headers.get("Content-Security-Policy") == csp
+            assert resp.status == 200, asset
+            assert resp.headers.get("Content-Security-Policy") == csp
 
 
 async def test_sse_reconnect_after_failure_replays_the_failure(api: Api, key: str) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
+from talos_common.errors import TalosError
 from talos_common.server import KEEPALIVE_CLIENT_OPTIONS, KEEPALIVE_SERVER_OPTIONS
 from talos_gateway.config import Settings
 
@@ -32,6 +34,9 @@ async def test_wrong_or_missing_token_is_refused(make_relay: MakeRelay) -> None:
     wrong = PeerNode(h.address, "tok_not-issued-by-anyone")
     missing = PeerNode(h.address, "")
     h.nodes += [wrong, missing]
+    # A job waits in the queue while they knock; it is never offered to them.
+    waiting = asyncio.ensure_future(collect(h.relay.run("job-waiting", "acct", spec())))
+    await h.wait_status("queue_length", 1)
     await wrong.start()
     await missing.start()
     for peer in (wrong, missing):
@@ -40,7 +45,10 @@ async def test_wrong_or_missing_token_is_refused(make_relay: MakeRelay) -> None:
         assert not peer.links[0].welcomed.is_set()
     assert h.tokens.calls == 1  # a missing token never reaches billing
     assert h.relay.status()["nodes_connected"] == 0
-    # Even when a job waits, a refused node never sees it.
+    # Even when a job waits, a refused node never sees it: the job fails for want of a node.
+    with pytest.raises(TalosError) as failed:
+        await waiting
+    assert failed.value.code == "no_capacity"
     assert wrong.received == [] and missing.received == []
 
 

@@ -70,8 +70,9 @@ async def test_one_account_per_queue_share(make_relay: MakeRelay) -> None:
     await anext(running)
     queued = h.relay.run("j1", "greedy", spec())
     await anext(queued)
-    with pytest.raises(TalosError):
+    with pytest.raises(TalosError) as refused:
         h.relay.admit("greedy")
+    assert refused.value.code == "no_capacity" and "your images" in refused.value.message
     h.relay.admit("modest")  # another account still gets in
     await queued.aclose()
     await running.aclose()

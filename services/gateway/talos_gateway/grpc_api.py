@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,11 +30,11 @@ from talos_gateway.jobs import (
     ProgressEvent,
     QueuedEvent,
     StartedEvent,
+    next_utc_midnight,
 )
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
-_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 
 def to_proto(job: Job, event: JobEvent) -> api_pb2.JobEvent:
@@ -107,10 +105,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             if key.lower() == "authorization":
                 header = value if isinstance(value, str) else value.decode("latin-1")
                 break
-        match = _BEARER.match(header) if header else None
-        if header and not match:
-            raise TalosError("invalid_api_key", "the authorization metadata must be 'Bearer <key>'")
-        return await self.registry.auth.authenticate(match.group(1) if match else None)
+        return await self.registry.auth.authenticate_bearer(header, "the authorization metadata")
 
     async def _follow(self, job: Job, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.JobEvent]:
         async for event in job.follow(None):
@@ -200,8 +195,7 @@ def account_proto(state: Any) -> api_pb2.Account:
     if state.allowance_resets_at.seconds or state.allowance_resets_at.nanos:
         resets.CopyFrom(state.allowance_resets_at)
     else:
-        now = int(time.time())
-        resets.FromSeconds(now - now % 86400 + 86400)
+        resets.FromSeconds(next_utc_midnight())
     return api_pb2.Account(
         account_id=state.account_id,
         balance=int(state.balance),

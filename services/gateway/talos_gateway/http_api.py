@@ -34,6 +34,7 @@ from talos_gateway.jobs import (
     ProgressEvent,
     QueuedEvent,
     StartedEvent,
+    next_utc_midnight,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 REGISTRY_KEY = web.AppKey("registry", JobRegistry)
 SETTINGS_KEY = web.AppKey("settings", Settings)
@@ -89,7 +89,8 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     elif status == 404:
         code, message = "not_found", "no such path"
     elif status == 405:
-        code, message = "invalid_request", f"method {exc.reason.lower()}: not allowed on this path"
+        method = getattr(exc, "method", "") or "this method"
+        code, message = "invalid_request", f"{method} is not allowed on this path"
     elif status >= 500:
         code, message = "internal", "internal error"
     else:
@@ -152,11 +153,7 @@ def _registry(request: web.Request) -> JobRegistry:
 
 async def _principal(request: web.Request) -> Principal:
     header = request.headers.get("Authorization")
-    match = _BEARER.match(header) if header else None
-    key = match.group(1) if match else None
-    if header and not match:
-        raise TalosError("invalid_api_key", "the Authorization header must be 'Bearer <key>'")
-    return await _registry(request).auth.authenticate(key)
+    return await _registry(request).auth.authenticate_bearer(header, "the Authorization header")
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -353,7 +350,7 @@ def account_json(state: Any) -> dict[str, Any]:
     resets_at = (
         resets.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
         if resets.seconds or resets.nanos
-        else _next_midnight()
+        else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(next_utc_midnight()))
     )
     return {
         "account_id": state.account_id,
@@ -366,11 +363,6 @@ def account_json(state: Any) -> dict[str, Any]:
         "age_confirmed": bool(state.age_confirmed),
         "price_per_image": int(state.price_per_image) or styles.PRICE_PER_IMAGE,
     }
-
-
-def _next_midnight() -> str:
-    now = int(time.time())
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - now % 86400 + 86400))
 
 
 async def get_account(request: web.Request) -> web.Response:

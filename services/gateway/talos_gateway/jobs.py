@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from talos.billing.v1 import billing_pb2
-from talos_common.errors import ERRORS, TalosError
+from talos_common.errors import TalosError
 from talos_common.logs import redact
 from talos_gateway import metrics
 from talos_gateway.config import Settings
@@ -46,6 +47,8 @@ PUBLIC_FAILURE_CODES = frozenset(
 # Moderation categories that mean "this account is cooling down", not "this prompt is bad".
 COOLDOWN_CATEGORIES = frozenset({"cooldown", "probing_cooldown", "rate_limited"})
 POLICY_UNAVAILABLE = "policy_unavailable"
+# ``Bearer <key>`` in the HTTP Authorization header and the gRPC authorization metadata alike.
+_BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 
 
 # -- events ------------------------------------------------------------------------------
@@ -93,6 +96,12 @@ TERMINAL = (CompletedEvent, FailedEvent)
 def spendable(account: billing_pb2.AccountState) -> int:
     """What the public API calls the balance after a charge: allowance left today plus balance."""
     return int(account.allowance_remaining) + int(account.balance)
+
+
+def next_utc_midnight() -> int:
+    """When a daily allowance resets, for an account whose state does not say (epoch seconds)."""
+    now = int(time.time())
+    return now - now % 86400 + 86400
 
 
 # -- principals, rate limits -------------------------------------------------------------
@@ -153,6 +162,13 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self.limiter = TokenBucket(per_minute)
         self._cache: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate_bearer(self, header: str | None, carrier: str) -> Principal:
+        """Authenticates ``Bearer <key>`` as sent in ``carrier`` (named in the error if malformed)."""
+        match = _BEARER.match(header) if header else None
+        if header and not match:
+            raise TalosError("invalid_api_key", f"{carrier} must be 'Bearer <key>'")
+        return await self.authenticate(match.group(1) if match else None)
 
     async def authenticate(self, api_key: str | None) -> Principal:
         if not api_key:
@@ -745,7 +761,3 @@ class JobRegistry:
 def _rejected(error: TalosError) -> TalosError:
     metrics.REJECTED.labels(error.code).inc()
     return error
-
-
-def http_status(code: str) -> int:
-    return ERRORS[code].http_status
