@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from talos.moderation.v1 import moderation_pb2, moderation_pb2_grpc
 from talos_common import errors
 from talos_common.procs import ServiceProcess, python_module
 from talos_moderation.config import Settings
+from talos_moderation.service import ImageResult
 
 from .conftest import TEST_RULES, RunningModeration, gradient, png
 from .test_images import raw_png
@@ -86,13 +88,42 @@ async def test_the_threshold_decides(start_moderation: Start) -> None:
     assert verdict.blocked and verdict.category == "adult" and verdict.threshold == 0.0
 
 
-async def test_classifications_run_concurrently_off_the_event_loop(start_moderation: Start) -> None:
-    mod = await start_moderation()
+async def test_classifications_run_concurrently_off_the_event_loop(
+    start_moderation: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = await start_moderation(classify_workers=2)
+    # Each check is held in its worker until released: run on the loop, it would stall the
+    # prompt check below; run one at a time, the two would never be inside at once.
+    real_check = mod.servicer.images.check
+    release = threading.Event()
+    both_inside = threading.Event()
+    inside: list[int] = []
+    lock = threading.Lock()
+
+    def held_check(data: bytes) -> ImageResult:
+        with lock:
+            inside.append(1)
+            if len(inside) >= 2:
+                both_inside.set()
+        release.wait(30)
+        return real_check(data)
+
+    monkeypatch.setattr(mod.servicer.images, "check", held_check)
     images = [png(gradient(256, seed=s)) for s in range(6)]
-    calls = [mod.stub.ClassifyImage(moderation_pb2.ClassifyImageRequest(image=i)) for i in images]
-    # While images are being classified the loop still answers prompt checks.
-    prompt = mod.stub.CheckPrompt(moderation_pb2.CheckPromptRequest(prompt="a cat"))
-    results = await asyncio.gather(*calls, prompt)
+    calls = [
+        asyncio.ensure_future(mod.stub.ClassifyImage(moderation_pb2.ClassifyImageRequest(image=i)))
+        for i in images
+    ]
+    try:
+        assert await asyncio.to_thread(both_inside.wait, 30), "two classifications never ran at once"
+        # While images are being classified the loop still answers prompt checks.
+        prompt = await asyncio.wait_for(
+            mod.stub.CheckPrompt(moderation_pb2.CheckPromptRequest(prompt="a cat")), 10
+        )
+        assert not any(call.done() for call in calls)
+    finally:
+        release.set()
+    results = [*await asyncio.gather(*calls), prompt]
     assert all(not r.blocked for r in results)
 
 

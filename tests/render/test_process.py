@@ -59,6 +59,15 @@ def test_a_broken_model_folder_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert "TALOS_READY" not in done.stdout
 
 
+def test_a_bad_size_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    done = run_to_exit(
+        node_env(tmp_path, TALOS_RENDER_SIZES="1024x1024,1024", TALOS_RENDER_RELAY="127.0.0.1:9")
+    )
+    assert done.returncode == 2
+    assert "TALOS_RENDER_SIZES" in done.stderr and "'1024'" in done.stderr
+    assert "TALOS_READY" not in done.stdout
+
+
 async def test_node_process_ready_health_metrics_and_sigterm_hand_back(
     render_data_dir: Path, tmp_path: Path
 ) -> None:

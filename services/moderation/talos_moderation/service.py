@@ -167,8 +167,8 @@ def build_servicer(
             extra={"policy_version": policy.version, "error": policy.error},
         )
     if classifier is None:
+        # Warmed up below by ImageChecker.warmup, which runs decode and this model together.
         classifier = NsfwClassifier(threads=config.onnx_threads, device=config.device)
-        classifier.warmup()
     log.info(
         "classifier ready",
         extra={

@@ -68,3 +68,15 @@ class Settings:
     resolve_every_seconds: float = 30.0
     # On SIGTERM: seconds the job in hand may take to finish before it is handed back.
     shutdown_grace_seconds: float = 20.0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1024x1024"`` -> (1024, 1024); a ValueError naming the setting for anything else."""
+    width, _, height = text.lower().partition("x")
+    try:
+        size = int(width), int(height)
+    except ValueError:
+        size = (0, 0)
+    if min(size) < 1:
+        raise ValueError(f"{PREFIX}SIZES: {text!r} is not WIDTHxHEIGHT (for example 1024x1024)")
+    return size

@@ -30,7 +30,7 @@ import torch
 from talos.relay.v1 import relay_pb2, relay_pb2_grpc
 from talos_common import server as common_server
 from talos_common.logs import redact
-from talos_render.config import Settings
+from talos_render.config import Settings, parse_size
 from talos_render.engine import FORMATS, Cancelled, Engine, RenderRequest
 from talos_render.metrics import Metrics
 from talos_render.outbound import JobSlot, Outbound
@@ -40,11 +40,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 32 * common_server.MiB
 MAX_PROMPT_CHARS = 20_000
 DEFAULT_HEARTBEAT_SECONDS = 10
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    return int(width), int(height)
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -194,7 +194,7 @@ def default_latent_rgb(pipe: Any) -> dict[str, Any]:
 
 def validate(pipe: Any, path: Path) -> None:
     """The pipeline is an SDXL pipeline with every weight really loaded."""
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+    for part in PARTS:
         if getattr(pipe, part, None) is None:
             raise ModelError(f"model {path} has no {part}")
     if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":

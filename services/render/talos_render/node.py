@@ -9,9 +9,9 @@ import time
 from talos_common import server as common_server
 from talos_common.settings import load as load_settings
 from talos_render import __version__, loading
-from talos_render.config import PREFIX, Settings
+from talos_render.config import PREFIX, Settings, parse_size
 from talos_render.engine import Engine
-from talos_render.link import RelayLink, parse_size
+from talos_render.link import RelayLink
 from talos_render.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,10 @@ async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | 
     compiled = settings.compile and loaded.device.type == "cuda"
     if settings.compile and not compiled:
         log.warning("compile is only used on CUDA; running eagerly")
-    engine = Engine(
+    # Engine() applies the CUDA fast path (fused QKV, channels-last): torch work, off the loop,
+    # so the health server started above keeps answering meanwhile.
+    engine = await asyncio.to_thread(
+        Engine,
         loaded,
         preview_size=settings.preview_size,
         min_preview_every=settings.preview_every,
