@@ -73,6 +73,16 @@ def _restart(mesh: LocalMesh, proc: ServiceProcess) -> None:
     raise RuntimeError(f"{proc.name} did not come back")
 
 
+def _wait_for_no_open_holds(db: sqlite3.Connection, timeout: float) -> None:
+    """Returns once no hold is left HELD (the assertions below then say why), or at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (held,) = db.execute("SELECT count(*) FROM holds WHERE state = ?", (HELD,)).fetchone()
+        if held == 0:
+            return
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_chaos_loses_no_credit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mesh = verbose_mesh(
@@ -118,10 +128,12 @@ def test_chaos_loses_no_credit(tmp_path: Path, capsys: pytest.CaptureFixture[str
         stop.set()
         for client in clients:
             client.join(timeout=120)
+            # A client still running could add a delivered job after the ledger is checked.
+            assert not client.is_alive(), "a chaos client did not stop"
         mesh.wait_for_nodes(2)
-        # Holds orphaned by a killed gateway expire and are released by billing itself.
-        time.sleep(HOLD_TTL + 2 * SWEEP + 1)
         db = sqlite3.connect(tmp_path / "var" / "billing.db")
+        # Holds orphaned by a killed gateway expire and are released by billing itself.
+        _wait_for_no_open_holds(db, HOLD_TTL + 2 * SWEEP + 10)
         for account, log in zip(accounts, logs, strict=True):
             states = dict(
                 db.execute(

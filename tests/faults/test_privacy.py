@@ -89,6 +89,8 @@ def test_canary_prompt_seed_and_image_leave_no_trace(tmp_path: Path, store: str)
         mesh.stop()
 
     needles = _needles(canary, seed, images)
+    if store == "sqlite":
+        assert (tmp_path / "var" / "billing.db").is_file(), "the scan would not have seen the ledger"
     leaks = _scan(tmp_path, needles)
     assert not leaks, leaks
     logs = list((tmp_path / "var" / "logs").glob("*.log"))
@@ -96,4 +98,6 @@ def test_canary_prompt_seed_and_image_leave_no_trace(tmp_path: Path, store: str)
     assert all(p.stat().st_size > 0 for p in logs), "debug logs were expected to say something"
     if dsn is not None:
         dump = postgres_dump(dsn)
+        # The dump holds the ledger (so an empty dump cannot pass), and none of the needles.
+        assert account.account_id.encode() in dump, "the PostgreSQL dump holds no account"
         assert not [name for name, needle in needles.items() if needle in dump]

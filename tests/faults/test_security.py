@@ -117,13 +117,20 @@ def test_rate_limit_answers_429_with_retry_after(debug_mesh: LocalMesh) -> None:
 
 def test_keys_and_tokens_never_reach_the_logs(debug_mesh: LocalMesh) -> None:
     account = debug_mesh.create_account(1000)
-    http("GET", debug_mesh.http_url + "/v1/account", account.api_key)
-    http("GET", debug_mesh.http_url + "/v1/account", account.api_key + "x")
+    # Both requests must really reach the key check, or there is nothing for the logs to leak.
+    good = http("GET", debug_mesh.http_url + "/v1/account", account.api_key)
+    assert good.status == 200, good.body
+    bad = http("GET", debug_mesh.http_url + "/v1/account", account.api_key + "x")
+    assert bad.status == 401, bad.body
     token = debug_mesh.create_node_token("log-check")
     secrets = [account.api_key, token]
     for node in debug_mesh.nodes:
         secrets.append(node.env["TALOS_RENDER_TOKEN"])
-    for log in debug_mesh.log_dir.glob("*.log"):
+    assert len(secrets) > 2, "no render node: its token was not checked"
+    logs = list(debug_mesh.log_dir.glob("*.log"))
+    assert {p.stem for p in logs} >= {"billing", "moderation", "gateway"}, logs
+    assert all(p.stat().st_size > 0 for p in logs), "debug logs were expected to say something"
+    for log in logs:
         text = log.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a secret appears in {log.name}"

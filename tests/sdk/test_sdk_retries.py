@@ -23,6 +23,7 @@ import pytest
 import talos_sdk
 from talos.api.v1 import api_pb2, api_pb2_grpc
 from talos_common import errors as common_errors
+from talos_sdk import cli
 from talos_sdk import errors as sdk_errors
 
 Script = Callable[[Any, grpc.ServicerContext, int], Iterator[Any]]
@@ -341,10 +342,22 @@ def test_a_job_stream_has_a_deadline(gateway):
 
 
 def test_unreachable_gateway_raises_service_unavailable_after_bounded_retries():
+    started = time.monotonic()
+    # A deadline far beyond the back-off of 2 retries (0.25 s + 0.5 s): only the retry bound
+    # can end the call early, not the deadline.
     with socket_free_port() as address, pytest.raises(talos_sdk.ServiceUnavailable) as caught:
-        with talos_sdk.Client("tk", address, timeout=5, connect_retries=2) as client:
+        with talos_sdk.Client("tk", address, timeout=60, connect_retries=2) as client:
             client.account()
     assert caught.value.transport
+    assert time.monotonic() - started < 10, "retries were not bounded by connect_retries"
+
+
+def test_cli_names_the_address_it_could_not_reach(capsys: pytest.CaptureFixture[str]):
+    with socket_free_port() as address:
+        code = cli.main(["account", "--api-key", "tk", "--address", address, "--timeout", "10"])
+    assert code == cli.EXIT_TRANSIENT
+    err = capsys.readouterr().err
+    assert f"could not reach the gateway at {address}" in err and "TALOS_ADDRESS" in err
 
 
 class socket_free_port:

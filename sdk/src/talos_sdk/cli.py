@@ -13,6 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
+
 from talos_sdk import _core
 from talos_sdk.client import Client
 from talos_sdk.errors import TalosError
@@ -336,24 +338,38 @@ def _add_connection(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _command(
+    commands: Any, name: str, func: Any, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A sub-command with the shared epilog; ``build_parser`` adds the connection flags last."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="talos",
         description="TALOS image generation from the command line.",
         epilog=EPILOG,
-        formatter_class=formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"talos-sdk {_core.__version__}")
     _add_connection(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    gen = commands.add_parser(
+    gen = _command(
+        commands,
         "generate",
+        cmd_generate,
         help="generate an image and write it to a file",
         description="Generate an image: shows progress on stderr, writes the image, prints seed and credits.",
-        epilog=EPILOG,
-        formatter_class=formatter,
     )
     gen.add_argument("prompt", help="what to draw (1 to 2,000 characters)")
     gen.add_argument(
@@ -386,43 +402,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     gen.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    _add_connection(gen, suppress=True)
-    gen.set_defaults(func=cmd_generate)
 
-    acc = commands.add_parser(
-        "account",
-        help="show balance, allowance and age confirmation",
-        epilog=EPILOG,
-        formatter_class=formatter,
-    )
+    acc = _command(commands, "account", cmd_account, help="show balance, allowance and age confirmation")
     acc.add_argument("--json", action="store_true", help="print JSON")
-    _add_connection(acc, suppress=True)
-    acc.set_defaults(func=cmd_account)
 
-    opt = commands.add_parser(
-        "options",
-        help="show styles, sizes, ranges and price (no key needed)",
-        epilog=EPILOG,
-        formatter_class=formatter,
+    opt = _command(
+        commands, "options", cmd_options, help="show styles, sizes, ranges and price (no key needed)"
     )
     opt.add_argument("--json", action="store_true", help="print JSON")
-    _add_connection(opt, suppress=True)
-    opt.set_defaults(func=cmd_options)
 
-    can = commands.add_parser("cancel", help="cancel a running job", epilog=EPILOG, formatter_class=formatter)
+    can = _command(commands, "cancel", cmd_cancel, help="cancel a running job")
     can.add_argument("job_id", help="the job id (shown when a job starts)")
-    _add_connection(can, suppress=True)
-    can.set_defaults(func=cmd_cancel)
 
-    age = commands.add_parser(
+    age = _command(
+        commands,
         "confirm-age",
+        cmd_confirm_age,
         help="confirm once that you are 18 or older (needed for --nsfw)",
-        epilog=EPILOG,
-        formatter_class=formatter,
     )
     age.add_argument("--yes", action="store_true", help="I confirm that I am 18 or older")
-    _add_connection(age, suppress=True)
-    age.set_defaults(func=cmd_confirm_age)
+
+    # Connection flags are valid after the sub-command too (listed after its own flags).
+    for command in commands.choices.values():
+        _add_connection(command, suppress=True)
     return parser
 
 
@@ -442,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             detail += f" (field: {exc.field})"
         if exc.retry_after is not None:
             detail += f" (retry after {exc.retry_after:g}s)"
+        if exc.transport and exc.grpc_code == grpc.StatusCode.UNAVAILABLE:
+            # gRPC's own words name no setting; say which address was tried and how to change it.
+            detail += (
+                f"\ntalos: could not reach the gateway at {_core.resolve_address(args.address)}"
+                f" (set --address or ${_core.ENV_ADDRESS})"
+            )
         print(detail, file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
