@@ -7,6 +7,9 @@ PostgreSQL with the same number of clients, just before and just after billing's
 The last line printed is ``ratio N.NN`` = PostgreSQL pairs/s ÷ pgbench tps (the mean of
 the two pgbench runs; target: at least 0.50).
 
+Each store's line also times ActiveNodes with the most node ids one call may carry (a few
+of them live), as a gateway asks it every few seconds: p50 per call and billing's CPU.
+
 The ``grpc ceiling`` line just before it runs the same driver (same clients, seconds and
 warm-up) against a no-op BillingService in a child process of this script: a real
 ``grpc.aio`` server built with ``talos_common.server.build_server`` (so it carries the
@@ -50,6 +53,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_billing.config import Settings
+from talos_billing.limits import MAX_ACTIVE_NODES
 from talos_billing.servicer import SERVICE_NAME
 from talos_billing.store import Store
 from talos_common import server as talos_server
@@ -69,6 +73,9 @@ class StoreResult:
     p50_ms: float
     p99_ms: float
     ledger: dict[str, Any]
+    # ActiveNodes with the most node ids a call may carry, after the pairs' window.
+    active_nodes_p50_ms: float
+    active_nodes_cpu_ms: float
 
     @property
     def rate(self) -> float:
@@ -144,6 +151,32 @@ async def _drive(address: str, clients: int, seconds: float, warmup: float, serv
     return Window(pairs, elapsed, latencies, server_cpu, client_cpu)
 
 
+async def _active_nodes(address: str, server_pid: int, calls: int = 30) -> tuple[float, float]:
+    """ActiveNodes as a gateway asks it: every connected node id at once (the limit, 10,000,
+    a few of them live). Returns (p50 ms per call, billing CPU ms per call)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        live = [
+            (await stub.CreateNodeToken(billing_pb2.CreateNodeTokenRequest(), timeout=CALL_TIMEOUT)).node_id
+            for _ in range(100)
+        ]
+        asked = billing_pb2.ActiveNodesRequest(
+            node_ids=live + [f"node_{n:016x}" for n in range(MAX_ACTIVE_NODES - len(live))]
+        )
+        latencies = []
+        cpu_before = _cpu_seconds(server_pid)
+        for _ in range(calls):
+            started = time.perf_counter()
+            reply = await stub.ActiveNodes(asked, timeout=CALL_TIMEOUT)
+            latencies.append(time.perf_counter() - started)
+            if len(reply.active_node_ids) != len(live):
+                raise RuntimeError(
+                    f"ActiveNodes answered {len(reply.active_node_ids)} of {len(live)} live nodes"
+                )
+        cpu = _cpu_seconds(server_pid) - cpu_before
+    return _percentile(latencies, 0.5), cpu / calls * 1000
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
@@ -159,6 +192,7 @@ def run_store(name: str, env: dict[str, str], workdir: Path, clients: int, secon
     ready = proc.start(timeout=60)
     try:
         window = asyncio.run(_drive(ready["grpc"], clients, seconds, warmup=1.5, server_pid=proc.pid))
+        active_p50_ms, active_cpu_ms = asyncio.run(_active_nodes(ready["grpc"], proc.pid))
     finally:
         proc.stop()
     return StoreResult(
@@ -170,6 +204,8 @@ def run_store(name: str, env: dict[str, str], workdir: Path, clients: int, secon
         _percentile(window.latencies, 0.5),
         _percentile(window.latencies, 0.99),
         _ledger_stats(proc),
+        active_p50_ms,
+        active_cpu_ms,
     )
 
 
@@ -417,7 +453,8 @@ def _report(result: StoreResult) -> str:
         f"{result.store}: {result.rate:.0f} reserve+capture pairs/s "
         f"({result.pairs} in {result.seconds:.1f} s; pair latency p50 {result.p50_ms:.1f} ms, "
         f"p99 {result.p99_ms:.1f} ms; CPU per pair: billing {per_pair:.0f} us, "
-        f"clients {client_per_pair:.0f} us{batching})"
+        f"clients {client_per_pair:.0f} us{batching}); ActiveNodes of {MAX_ACTIVE_NODES} ids: "
+        f"p50 {result.active_nodes_p50_ms:.1f} ms, billing CPU {result.active_nodes_cpu_ms:.1f} ms per call"
     )
 
 

@@ -14,14 +14,18 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from talos.billing.v1 import billing_pb2_grpc
 from talos_billing.config import Settings
+from talos_billing.service import Billing, start
 from talos_billing.store import Store
+from talos_common.errors import TalosError, from_rpc_error
 
 POSTGRES_URL = os.environ.get("TALOS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -134,3 +138,34 @@ async def open_store(settings: Settings, clock: FakeClock) -> AsyncIterator[Open
 @pytest.fixture
 async def store(open_store: OpenStore) -> Store:
     return await open_store()
+
+
+# Deadline of every call a test makes to billing over gRPC.
+TIMEOUT = 10.0
+
+
+@dataclass
+class Client:
+    """A billing server in this process (port 0) and a channel to it."""
+
+    billing: Billing
+    stub: billing_pb2_grpc.BillingServiceStub
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture
+async def client(settings: Settings, clock: FakeClock) -> AsyncIterator[Client]:
+    billing = await start(settings, clock=clock, sweeper=False)
+    channel = grpc.aio.insecure_channel(billing.address)
+    try:
+        yield Client(billing, billing_pb2_grpc.BillingServiceStub(channel), channel)
+    finally:
+        await channel.close()
+        await billing.stop()
+
+
+async def call_error(call: object) -> TalosError:
+    """The TalosError a gRPC call ends with (it must fail)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return from_rpc_error(caught.value)

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from talos_billing import schema
+from talos_billing import rules
+from talos_billing.rules import HoldState
 from talos_billing.store import Store
 from talos_common.errors import TalosError
 
@@ -47,15 +48,16 @@ async def reserve_outcome(store: Store, job_id: str, account_id: str) -> str:
 async def test_reserve_capture_release_move_credits(store: Store) -> None:
     account_id, _ = await store.create_account(credits=100)
     hold, account = await store.reserve("job-a", account_id)
-    assert (hold.amount, hold.from_allowance, hold.from_balance, hold.state) == (PRICE, 0, PRICE, schema.HELD)
+    assert (hold.amount, hold.from_allowance, hold.from_balance) == (PRICE, 0, PRICE)
+    assert hold.state == HoldState.HELD
     assert account.balance == 100 - PRICE
     hold, account = await store.capture("job-a")
-    assert hold.state == schema.CAPTURED
+    assert hold.state == HoldState.CAPTURED
     assert account.balance == 100 - PRICE
 
     await store.reserve("job-b", account_id)
     hold, account = await store.release("job-b", "node_failed")
-    assert (hold.state, hold.reason) == (schema.RELEASED, "node_failed")
+    assert (hold.state, hold.reason) == (HoldState.RELEASED, "node_failed")
     assert account.balance == 100 - PRICE
     assert (await store.get_account(account_id)).balance == 100 - PRICE
 
@@ -63,9 +65,9 @@ async def test_reserve_capture_release_move_credits(store: Store) -> None:
     assert sum(e["amount"] for e in entries) == 0
     assert {(e["kind"], e["account"], e["amount"]) for e in entries} == {
         ("reserve", account_id, -PRICE),
-        ("reserve", schema.SYS_HOLDS, PRICE),
-        ("capture", schema.SYS_HOLDS, -PRICE),
-        ("capture", schema.SYS_REVENUE, PRICE),
+        ("reserve", rules.SYS_HOLDS, PRICE),
+        ("capture", rules.SYS_HOLDS, -PRICE),
+        ("capture", rules.SYS_REVENUE, PRICE),
     }
     await assert_books_balance(store)
 
@@ -75,14 +77,14 @@ async def test_each_hold_resolves_once(store: Store) -> None:
     await store.reserve("job-1", account_id)
     await store.capture("job-1")
     hold, account = await store.capture("job-1")  # a retried capture: same answer, no second charge
-    assert hold.state == schema.CAPTURED and account.balance == 100 - PRICE
+    assert hold.state == HoldState.CAPTURED and account.balance == 100 - PRICE
     hold, account = await store.release("job-1", "late")  # resolved already: answered as it is
-    assert hold.state == schema.CAPTURED and account.balance == 100 - PRICE
+    assert hold.state == HoldState.CAPTURED and account.balance == 100 - PRICE
 
     await store.reserve("job-2", account_id)
     await store.release("job-2", "cancelled")
     hold, _ = await store.release("job-2", "cancelled")
-    assert hold.state == schema.RELEASED
+    assert hold.state == HoldState.RELEASED
     with pytest.raises(TalosError) as caught:
         await store.capture("job-2")
     assert caught.value.code == "invalid_request"
@@ -142,7 +144,7 @@ async def test_mixed_submitters_property(open_store: OpenStore) -> None:
     for job_id, success in plan.items():
         hold = await replicas[1].hold(job_id)
         assert hold is not None
-        assert hold.state == (schema.CAPTURED if success else schema.RELEASED)
+        assert hold.state == (HoldState.CAPTURED if success else HoldState.RELEASED)
     report = await replicas[0].audit()
     assert report.ok, report.problems
     for store in replicas:
@@ -202,7 +204,7 @@ async def test_capture_after_expiry_does_not_charge(store: Store, clock: FakeClo
         await store.capture("slow-job")
     assert caught.value.code == "hold_expired"
     hold_now = await store.hold("slow-job")
-    assert hold_now is not None and hold_now.state == schema.EXPIRED
+    assert hold_now is not None and hold_now.state == HoldState.EXPIRED
     account = await store.get_account(account_id)
     assert (account.balance, account.allowance_remaining) == (100, 10)
     with pytest.raises(TalosError) as caught:  # and it stays uncharged
@@ -225,11 +227,11 @@ async def test_sweep_expires_unresolved_holds(store: Store, clock: FakeClock) ->
     await store.sweep()
     forgotten = await store.hold("forgotten")
     fresh = await store.hold("fresh")
-    assert forgotten is not None and forgotten.state == schema.EXPIRED and forgotten.reason == "expired"
-    assert fresh is not None and fresh.state == schema.CAPTURED
+    assert forgotten is not None and forgotten.state == HoldState.EXPIRED and forgotten.reason == "expired"
+    assert fresh is not None and fresh.state == HoldState.CAPTURED
     assert (await store.get_account(account_id)).balance == 100 - PRICE
     hold, _ = await store.release("forgotten", "late")  # resolved once: expiry stands
-    assert hold.state == schema.EXPIRED
+    assert hold.state == HoldState.EXPIRED
     await assert_books_balance(store)
 
 
@@ -267,7 +269,7 @@ async def test_insufficient_credits_changes_nothing(store: Store) -> None:
     assert (await store.get_account(account_id)).balance == 17
     await store.grant(account_id, 1)
     hold, account = await store.reserve("too-poor", account_id)  # the same job id works once funded
-    assert hold.state == schema.HELD and account.balance == 0
+    assert hold.state == HoldState.HELD and account.balance == 0
     await assert_books_balance(store)
 
 
@@ -349,14 +351,14 @@ async def test_a_batch_rolled_back_and_retried_logs_its_return_once(
 
         return await real_write(attempt, snapshot=snapshot)
 
-    caplog.set_level(logging.INFO, logger="talos_billing.store")
+    caplog.set_level(logging.INFO, logger="talos_billing.ledger")
     store.db.write = write_failing_first_attempt  # type: ignore[method-assign]
     try:
         hold, account = await store.release("logged-once", "node_failed")
     finally:
         store.db.write = real_write  # type: ignore[method-assign]
     assert failed, "the fault was never injected"
-    assert (hold.state, account.balance) == (schema.RELEASED, 100)
+    assert (hold.state, account.balance) == (HoldState.RELEASED, 100)
     returned = [
         r
         for r in caplog.records

@@ -20,8 +20,8 @@ import pytest
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_billing import admin as admin_cli
-from talos_billing import schema
 from talos_billing.config import Settings
+from talos_billing.rules import HoldState
 from talos_billing.store import Store
 from talos_common.procs import ServiceProcess, python_module
 
@@ -228,7 +228,7 @@ def test_crash_mid_stream_loses_nothing_and_charges_nothing_twice(tmp_path: Path
             for jobs in streams:
                 for job_id in jobs:
                     hold = await store.hold(job_id)
-                    assert hold is not None and hold.state == schema.CAPTURED
+                    assert hold is not None and hold.state == HoldState.CAPTURED
                     entries = await store.ledger_entries(job_id=job_id)
                     assert sorted({e["txn"] for e in entries}) == [f"capture:{job_id}", f"reserve:{job_id}"]
                     assert sum(e["amount"] for e in entries) == 0

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -19,36 +19,10 @@ from sqlalchemy import select
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_billing import schema
 from talos_billing.config import Settings
-from talos_billing.service import Billing, start
-from talos_common.errors import TalosError, from_rpc_error
+from talos_billing.rules import HoldState
+from talos_billing.service import start
 
-from .conftest import DAY, NOON, FakeClock
-
-TIMEOUT = 10.0
-
-
-@dataclass
-class Client:
-    billing: Billing
-    stub: billing_pb2_grpc.BillingServiceStub
-    channel: grpc.aio.Channel
-
-
-@pytest.fixture
-async def client(settings: Settings, clock: FakeClock) -> AsyncIterator[Client]:
-    billing = await start(settings, clock=clock, sweeper=False)
-    channel = grpc.aio.insecure_channel(billing.address)
-    try:
-        yield Client(billing, billing_pb2_grpc.BillingServiceStub(channel), channel)
-    finally:
-        await channel.close()
-        await billing.stop()
-
-
-async def call_error(call: object) -> TalosError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return from_rpc_error(caught.value)
+from .conftest import DAY, NOON, TIMEOUT, Client, FakeClock, call_error
 
 
 async def test_job_lifecycle_over_grpc(client: Client, clock: FakeClock) -> None:
@@ -260,7 +234,7 @@ async def test_expired_holds_are_released_by_billing_itself(settings: Settings) 
                 await asyncio.sleep(0.05)
             assert state.balance == 20
             hold = await billing.store.hold("abandoned")
-            assert hold is not None and hold.state == schema.EXPIRED
+            assert hold is not None and hold.state == HoldState.EXPIRED
             error = await call_error(
                 stub.Capture(billing_pb2.CaptureRequest(job_id="abandoned"), timeout=TIMEOUT)
             )

@@ -1,7 +1,6 @@
 """``python -m talos_billing``: serve billing until SIGTERM, then drain."""
 
-from talos_billing.service import serve
-from talos_common.server import run
+from talos_billing.service import main
 
 if __name__ == "__main__":
-    run(serve)
+    main()

@@ -3,7 +3,8 @@
 Amounts are whole credits (BIGINT); times are integer milliseconds since the epoch, so
 both stores compare them the same way. The ledger is append-only (a trigger refuses
 UPDATE and DELETE) and every operation's entries sum to zero: user accounts are ledger
-accounts named by their id, and the counterparties are the system accounts below.
+accounts named by their id, the counterparties are the system accounts of
+:mod:`talos_billing.rules`. A hold's ``state`` is a :class:`~talos_billing.rules.HoldState`.
 """
 
 from __future__ import annotations
@@ -26,19 +27,6 @@ from sqlalchemy import (
     select,
     text,
 )
-
-# Hold states, numbered as talos.billing.v1.HoldState.
-HELD = 1
-CAPTURED = 2
-RELEASED = 3
-EXPIRED = 4
-
-# System ledger accounts (user account ids never contain a colon).
-SYS_GRANTS = "sys:grants"  # where granted credits come from
-SYS_ALLOWANCE = "sys:allowance"  # where daily allowance credits come from and return to
-SYS_HOLDS = "sys:holds"  # credits held for jobs in flight
-SYS_REVENUE = "sys:revenue"  # credits charged for delivered images
-SYSTEM_ACCOUNTS = (SYS_GRANTS, SYS_ALLOWANCE, SYS_HOLDS, SYS_REVENUE)
 
 metadata = MetaData()
 
@@ -104,6 +92,7 @@ holds = Table(
     Column("resolved_at", BigInteger, nullable=True),
     Column("reason", String(64), nullable=True),
     CheckConstraint("amount = from_allowance + from_balance", name="holds_split_adds_up"),
+    # The HoldState numbers as released in version 1: a new state needs a new migration.
     CheckConstraint("state BETWEEN 1 AND 4", name="holds_state_known"),
     Index("holds_state_expires", "state", "expires_at"),
 )

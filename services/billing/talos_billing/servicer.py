@@ -10,7 +10,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
-from talos_billing.store import AccountView, HoldView, Store
+from talos_billing.rules import AccountView, HoldView
+from talos_billing.store import Store
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
 
@@ -43,7 +44,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             amount=view.amount,
             from_allowance=view.from_allowance,
             from_balance=view.from_balance,
-            state=view.state,  # type: ignore[arg-type]  # HoldState values are the store's states
+            state=view.state.value,  # type: ignore[arg-type]  # numbered as billing_pb2.HoldState
             expires_at=_timestamp(view.expires_at),
         )
 
@@ -94,6 +95,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         hold, account = await self.store.reserve(request.job_id, request.account_id)
         return billing_pb2.ReserveResponse(hold=self.hold(hold), account=self.account_state(account))
 
+    async def ReserveMany(
+        self, request: billing_pb2.ReserveManyRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.ReserveManyResponse:
+        holds, account = await self.store.reserve_many(request.account_id, request.job_ids)
+        return billing_pb2.ReserveManyResponse(
+            holds=[self.hold(hold) for hold in holds], account=self.account_state(account)
+        )
+
     async def Capture(
         self, request: billing_pb2.CaptureRequest, context: grpc.aio.ServicerContext
     ) -> billing_pb2.CaptureResponse:
@@ -123,4 +132,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> billing_pb2.RevokeNodeTokenResponse:
         return billing_pb2.RevokeNodeTokenResponse(
             revoked=await self.store.revoke_node_token(request.node_id)
+        )
+
+    async def ActiveNodes(
+        self, request: billing_pb2.ActiveNodesRequest, context: grpc.aio.ServicerContext
+    ) -> billing_pb2.ActiveNodesResponse:
+        return billing_pb2.ActiveNodesResponse(
+            active_node_ids=await self.store.active_nodes(request.node_ids)
         )

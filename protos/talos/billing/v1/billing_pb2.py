@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etalos/billing/v1/billing.proto\x12\x10talos.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x14\x43reateAccountRequest\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x03\x12\x17\n\x0f\x64\x61ily_allowance\x18\x02 \x01(\x03\"<\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xd2\x01\n\x0c\x41\x63\x63ountState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x17\n\x0f\x64\x61ily_allowance\x18\x03 \x01(\x03\x12\x1b\n\x13\x61llowance_remaining\x18\x04 \x01(\x03\x12\x37\n\x13\x61llowance_resets_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rage_confirmed\x18\x06 \x01(\x08\x12\x17\n\x0fprice_per_image\x18\x07 \x01(\x03\"3\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"B\n\x13SetAllowanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61ily_allowance\x18\x02 \x01(\x03\")\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\'\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"*\n\x14RevokeApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"(\n\x15RevokeApiKeysResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\"\'\n\x11\x43onfirmAgeRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"4\n\x0eReserveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xc4\x01\n\x04Hold\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rom_allowance\x18\x04 \x01(\x03\x12\x14\n\x0c\x66rom_balance\x18\x05 \x01(\x03\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.talos.billing.v1.HoldState\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0fReserveResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\" \n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"h\n\x0f\x43\x61ptureResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\"0\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x0fReleaseResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\"&\n\x16\x43reateNodeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x17\x43reateNodeTokenResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"(\n\x17\x41uthenticateNodeRequest\x12\r\n\x05token\x18\x01 \x01(\t\"-\n\x0cNodeIdentity\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\")\n\x16RevokeNodeTokenRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"*\n\x17RevokeNodeTokenResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04\x32\xef\t\n\x0e\x42illingService\x12`\n\rCreateAccount\x12&.talos.billing.v1.CreateAccountRequest\x1a\'.talos.billing.v1.CreateAccountResponse\x12U\n\x0c\x41uthenticate\x12%.talos.billing.v1.AuthenticateRequest\x1a\x1e.talos.billing.v1.AccountState\x12Q\n\nGetAccount\x12#.talos.billing.v1.GetAccountRequest\x1a\x1e.talos.billing.v1.AccountState\x12G\n\x05Grant\x12\x1e.talos.billing.v1.GrantRequest\x1a\x1e.talos.billing.v1.AccountState\x12U\n\x0cSetAllowance\x12%.talos.billing.v1.SetAllowanceRequest\x1a\x1e.talos.billing.v1.AccountState\x12]\n\x0c\x43reateApiKey\x12%.talos.billing.v1.CreateApiKeyRequest\x1a&.talos.billing.v1.CreateApiKeyResponse\x12`\n\rRevokeApiKeys\x12&.talos.billing.v1.RevokeApiKeysRequest\x1a\'.talos.billing.v1.RevokeApiKeysResponse\x12Q\n\nConfirmAge\x12#.talos.billing.v1.ConfirmAgeRequest\x1a\x1e.talos.billing.v1.AccountState\x12N\n\x07Reserve\x12 .talos.billing.v1.ReserveRequest\x1a!.talos.billing.v1.ReserveResponse\x12N\n\x07\x43\x61pture\x12 .talos.billing.v1.CaptureRequest\x1a!.talos.billing.v1.CaptureResponse\x12N\n\x07Release\x12 .talos.billing.v1.ReleaseRequest\x1a!.talos.billing.v1.ReleaseResponse\x12\x66\n\x0f\x43reateNodeToken\x12(.talos.billing.v1.CreateNodeTokenRequest\x1a).talos.billing.v1.CreateNodeTokenResponse\x12]\n\x10\x41uthenticateNode\x12).talos.billing.v1.AuthenticateNodeRequest\x1a\x1e.talos.billing.v1.NodeIdentity\x12\x66\n\x0fRevokeNodeToken\x12(.talos.billing.v1.RevokeNodeTokenRequest\x1a).talos.billing.v1.RevokeNodeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etalos/billing/v1/billing.proto\x12\x10talos.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x14\x43reateAccountRequest\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x03\x12\x17\n\x0f\x64\x61ily_allowance\x18\x02 \x01(\x03\"<\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xd2\x01\n\x0c\x41\x63\x63ountState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12\x17\n\x0f\x64\x61ily_allowance\x18\x03 \x01(\x03\x12\x1b\n\x13\x61llowance_remaining\x18\x04 \x01(\x03\x12\x37\n\x13\x61llowance_resets_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rage_confirmed\x18\x06 \x01(\x08\x12\x17\n\x0fprice_per_image\x18\x07 \x01(\x03\"3\n\x0cGrantRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"B\n\x13SetAllowanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61ily_allowance\x18\x02 \x01(\x03\")\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\'\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"*\n\x14RevokeApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"(\n\x15RevokeApiKeysResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\"\'\n\x11\x43onfirmAgeRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"4\n\x0eReserveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"\xc4\x01\n\x04Hold\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rom_allowance\x18\x04 \x01(\x03\x12\x14\n\x0c\x66rom_balance\x18\x05 \x01(\x03\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.talos.billing.v1.HoldState\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x0fReserveResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\"9\n\x12ReserveManyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07job_ids\x18\x02 \x03(\t\"m\n\x13ReserveManyResponse\x12%\n\x05holds\x18\x01 \x03(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\" \n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"h\n\x0f\x43\x61ptureResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\"0\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x0fReleaseResponse\x12$\n\x04hold\x18\x01 \x01(\x0b\x32\x16.talos.billing.v1.Hold\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.talos.billing.v1.AccountState\"&\n\x16\x43reateNodeTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x17\x43reateNodeTokenResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"(\n\x17\x41uthenticateNodeRequest\x12\r\n\x05token\x18\x01 \x01(\t\"-\n\x0cNodeIdentity\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\")\n\x16RevokeNodeTokenRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"*\n\x17RevokeNodeTokenResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\"&\n\x12\x41\x63tiveNodesRequest\x12\x10\n\x08node_ids\x18\x01 \x03(\t\".\n\x13\x41\x63tiveNodesResponse\x12\x17\n\x0f\x61\x63tive_node_ids\x18\x01 \x03(\t*\x86\x01\n\tHoldState\x12\x1a\n\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHOLD_STATE_HELD\x10\x01\x12\x17\n\x13HOLD_STATE_CAPTURED\x10\x02\x12\x17\n\x13HOLD_STATE_RELEASED\x10\x03\x12\x16\n\x12HOLD_STATE_EXPIRED\x10\x04\x32\xa7\x0b\n\x0e\x42illingService\x12`\n\rCreateAccount\x12&.talos.billing.v1.CreateAccountRequest\x1a\'.talos.billing.v1.CreateAccountResponse\x12U\n\x0c\x41uthenticate\x12%.talos.billing.v1.AuthenticateRequest\x1a\x1e.talos.billing.v1.AccountState\x12Q\n\nGetAccount\x12#.talos.billing.v1.GetAccountRequest\x1a\x1e.talos.billing.v1.AccountState\x12G\n\x05Grant\x12\x1e.talos.billing.v1.GrantRequest\x1a\x1e.talos.billing.v1.AccountState\x12U\n\x0cSetAllowance\x12%.talos.billing.v1.SetAllowanceRequest\x1a\x1e.talos.billing.v1.AccountState\x12]\n\x0c\x43reateApiKey\x12%.talos.billing.v1.CreateApiKeyRequest\x1a&.talos.billing.v1.CreateApiKeyResponse\x12`\n\rRevokeApiKeys\x12&.talos.billing.v1.RevokeApiKeysRequest\x1a\'.talos.billing.v1.RevokeApiKeysResponse\x12Q\n\nConfirmAge\x12#.talos.billing.v1.ConfirmAgeRequest\x1a\x1e.talos.billing.v1.AccountState\x12N\n\x07Reserve\x12 .talos.billing.v1.ReserveRequest\x1a!.talos.billing.v1.ReserveResponse\x12Z\n\x0bReserveMany\x12$.talos.billing.v1.ReserveManyRequest\x1a%.talos.billing.v1.ReserveManyResponse\x12N\n\x07\x43\x61pture\x12 .talos.billing.v1.CaptureRequest\x1a!.talos.billing.v1.CaptureResponse\x12N\n\x07Release\x12 .talos.billing.v1.ReleaseRequest\x1a!.talos.billing.v1.ReleaseResponse\x12\x66\n\x0f\x43reateNodeToken\x12(.talos.billing.v1.CreateNodeTokenRequest\x1a).talos.billing.v1.CreateNodeTokenResponse\x12]\n\x10\x41uthenticateNode\x12).talos.billing.v1.AuthenticateNodeRequest\x1a\x1e.talos.billing.v1.NodeIdentity\x12\x66\n\x0fRevokeNodeToken\x12(.talos.billing.v1.RevokeNodeTokenRequest\x1a).talos.billing.v1.RevokeNodeTokenResponse\x12Z\n\x0b\x41\x63tiveNodes\x12$.talos.billing.v1.ActiveNodesRequest\x1a%.talos.billing.v1.ActiveNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talos.billing.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDSTATE']._serialized_start=1770
-  _globals['_HOLDSTATE']._serialized_end=1904
+  _globals['_HOLDSTATE']._serialized_start=2028
+  _globals['_HOLDSTATE']._serialized_end=2162
   _globals['_CREATEACCOUNTREQUEST']._serialized_start=85
   _globals['_CREATEACCOUNTREQUEST']._serialized_end=149
   _globals['_CREATEACCOUNTRESPONSE']._serialized_start=151
@@ -64,26 +64,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOLD']._serialized_end=1090
   _globals['_RESERVERESPONSE']._serialized_start=1092
   _globals['_RESERVERESPONSE']._serialized_end=1196
-  _globals['_CAPTUREREQUEST']._serialized_start=1198
-  _globals['_CAPTUREREQUEST']._serialized_end=1230
-  _globals['_CAPTURERESPONSE']._serialized_start=1232
-  _globals['_CAPTURERESPONSE']._serialized_end=1336
-  _globals['_RELEASEREQUEST']._serialized_start=1338
-  _globals['_RELEASEREQUEST']._serialized_end=1386
-  _globals['_RELEASERESPONSE']._serialized_start=1388
-  _globals['_RELEASERESPONSE']._serialized_end=1492
-  _globals['_CREATENODETOKENREQUEST']._serialized_start=1494
-  _globals['_CREATENODETOKENREQUEST']._serialized_end=1532
-  _globals['_CREATENODETOKENRESPONSE']._serialized_start=1534
-  _globals['_CREATENODETOKENRESPONSE']._serialized_end=1591
-  _globals['_AUTHENTICATENODEREQUEST']._serialized_start=1593
-  _globals['_AUTHENTICATENODEREQUEST']._serialized_end=1633
-  _globals['_NODEIDENTITY']._serialized_start=1635
-  _globals['_NODEIDENTITY']._serialized_end=1680
-  _globals['_REVOKENODETOKENREQUEST']._serialized_start=1682
-  _globals['_REVOKENODETOKENREQUEST']._serialized_end=1723
-  _globals['_REVOKENODETOKENRESPONSE']._serialized_start=1725
-  _globals['_REVOKENODETOKENRESPONSE']._serialized_end=1767
-  _globals['_BILLINGSERVICE']._serialized_start=1907
-  _globals['_BILLINGSERVICE']._serialized_end=3170
+  _globals['_RESERVEMANYREQUEST']._serialized_start=1198
+  _globals['_RESERVEMANYREQUEST']._serialized_end=1255
+  _globals['_RESERVEMANYRESPONSE']._serialized_start=1257
+  _globals['_RESERVEMANYRESPONSE']._serialized_end=1366
+  _globals['_CAPTUREREQUEST']._serialized_start=1368
+  _globals['_CAPTUREREQUEST']._serialized_end=1400
+  _globals['_CAPTURERESPONSE']._serialized_start=1402
+  _globals['_CAPTURERESPONSE']._serialized_end=1506
+  _globals['_RELEASEREQUEST']._serialized_start=1508
+  _globals['_RELEASEREQUEST']._serialized_end=1556
+  _globals['_RELEASERESPONSE']._serialized_start=1558
+  _globals['_RELEASERESPONSE']._serialized_end=1662
+  _globals['_CREATENODETOKENREQUEST']._serialized_start=1664
+  _globals['_CREATENODETOKENREQUEST']._serialized_end=1702
+  _globals['_CREATENODETOKENRESPONSE']._serialized_start=1704
+  _globals['_CREATENODETOKENRESPONSE']._serialized_end=1761
+  _globals['_AUTHENTICATENODEREQUEST']._serialized_start=1763
+  _globals['_AUTHENTICATENODEREQUEST']._serialized_end=1803
+  _globals['_NODEIDENTITY']._serialized_start=1805
+  _globals['_NODEIDENTITY']._serialized_end=1850
+  _globals['_REVOKENODETOKENREQUEST']._serialized_start=1852
+  _globals['_REVOKENODETOKENREQUEST']._serialized_end=1893
+  _globals['_REVOKENODETOKENRESPONSE']._serialized_start=1895
+  _globals['_REVOKENODETOKENRESPONSE']._serialized_end=1937
+  _globals['_ACTIVENODESREQUEST']._serialized_start=1939
+  _globals['_ACTIVENODESREQUEST']._serialized_end=1977
+  _globals['_ACTIVENODESRESPONSE']._serialized_start=1979
+  _globals['_ACTIVENODESRESPONSE']._serialized_end=2025
+  _globals['_BILLINGSERVICE']._serialized_start=2165
+  _globals['_BILLINGSERVICE']._serialized_end=3612
 # @@protoc_insertion_point(module_scope)

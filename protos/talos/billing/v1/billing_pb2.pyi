@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -148,6 +149,22 @@ class ReserveResponse(_message.Message):
     account: AccountState
     def __init__(self, hold: _Optional[_Union[Hold, _Mapping]] = ..., account: _Optional[_Union[AccountState, _Mapping]] = ...) -> None: ...
 
+class ReserveManyRequest(_message.Message):
+    __slots__ = ("account_id", "job_ids")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, account_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReserveManyResponse(_message.Message):
+    __slots__ = ("holds", "account")
+    HOLDS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    holds: _containers.RepeatedCompositeFieldContainer[Hold]
+    account: AccountState
+    def __init__(self, holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., account: _Optional[_Union[AccountState, _Mapping]] = ...) -> None: ...
+
 class CaptureRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -217,3 +234,15 @@ class RevokeNodeTokenResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: bool
     def __init__(self, revoked: _Optional[bool] = ...) -> None: ...
+
+class ActiveNodesRequest(_message.Message):
+    __slots__ = ("node_ids",)
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ActiveNodesResponse(_message.Message):
+    __slots__ = ("active_node_ids",)
+    ACTIVE_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    active_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, active_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...

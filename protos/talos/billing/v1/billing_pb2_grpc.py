@@ -80,6 +80,11 @@ class BillingServiceStub:
                 request_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveResponse.FromString,
                 _registered_method=True)
+        self.ReserveMany = channel.unary_unary(
+                '/talos.billing.v1.BillingService/ReserveMany',
+                request_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyRequest.SerializeToString,
+                response_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyResponse.FromString,
+                _registered_method=True)
         self.Capture = channel.unary_unary(
                 '/talos.billing.v1.BillingService/Capture',
                 request_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.CaptureRequest.SerializeToString,
@@ -104,6 +109,11 @@ class BillingServiceStub:
                 '/talos.billing.v1.BillingService/RevokeNodeToken',
                 request_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenRequest.SerializeToString,
                 response_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenResponse.FromString,
+                _registered_method=True)
+        self.ActiveNodes = channel.unary_unary(
+                '/talos.billing.v1.BillingService/ActiveNodes',
+                request_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesRequest.SerializeToString,
+                response_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesResponse.FromString,
                 _registered_method=True)
 
 
@@ -174,6 +184,16 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveMany(self, request, context):
+        """Holds the price of one image for each of several jobs in one transaction, allowance
+        first as Reserve does; all or nothing: when the account cannot pay for every one,
+        nothing is held (insufficient_credits). Idempotent by job id. Each hold is then
+        captured or released on its own with Capture or Release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Capture(self, request, context):
         """Turns a job's hold into a charge; idempotent; an expired hold is not charged.
         """
@@ -204,6 +224,14 @@ class BillingServiceServicer:
 
     def RevokeNodeToken(self, request, context):
         """Revokes a node token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActiveNodes(self, request, context):
+        """Of the given node ids, those whose token exists and is not revoked (one cheap query,
+        asked every few seconds by each gateway about the nodes connected to it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +285,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveRequest.FromString,
                     response_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveResponse.SerializeToString,
             ),
+            'ReserveMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveMany,
+                    request_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyRequest.FromString,
+                    response_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyResponse.SerializeToString,
+            ),
             'Capture': grpc.unary_unary_rpc_method_handler(
                     servicer.Capture,
                     request_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.CaptureRequest.FromString,
@@ -281,6 +314,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.RevokeNodeToken,
                     request_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenRequest.FromString,
                     response_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenResponse.SerializeToString,
+            ),
+            'ActiveNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActiveNodes,
+                    request_deserializer=talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesRequest.FromString,
+                    response_serializer=talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -538,6 +576,33 @@ class BillingService:
             _registered_method=True)
 
     @staticmethod
+    def ReserveMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.billing.v1.BillingService/ReserveMany',
+            talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyRequest.SerializeToString,
+            talos_dot_billing_dot_v1_dot_billing__pb2.ReserveManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Capture(request,
             target,
             options=(),
@@ -662,6 +727,33 @@ class BillingService:
             '/talos.billing.v1.BillingService/RevokeNodeToken',
             talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenRequest.SerializeToString,
             talos_dot_billing_dot_v1_dot_billing__pb2.RevokeNodeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActiveNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talos.billing.v1.BillingService/ActiveNodes',
+            talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesRequest.SerializeToString,
+            talos_dot_billing_dot_v1_dot_billing__pb2.ActiveNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
