@@ -145,7 +145,7 @@ def gateway_share(mesh: LocalMesh) -> str:
         f"{mean_ms('talos_gateway_job_overhead_seconds'):.1f} ms, of which result check "
         f"{mean_ms('talos_relay_result_validation_seconds'):.1f} ms, CheckPrompt "
         f"{downstream('CheckPrompt', 'moderation'):.1f} ms, Reserve "
-        f"{downstream('Reserve', 'billing'):.1f} ms, Capture "
+        f"{downstream('ReserveMany', 'billing'):.1f} ms, Capture "
         f"{downstream('Capture', 'billing'):.1f} ms, ClassifyImage "
         f"{downstream('ClassifyImage', 'moderation'):.1f} ms (18+ off only)"
     )
@@ -167,7 +167,7 @@ def overhead_line(
     times = [t for t, _ in runs]
     over = [(t - direct) * 1000 for t in times]
     # The same job's own render on the node taken off: what the mesh added to that very image.
-    own = [(t - node_seconds[job]) * 1000 for t, job in runs]
+    own = [(t - node_seconds[f"{job}.0"]) * 1000 for t, job in runs]  # the node knows image 0 of the job
     return (
         f"{label:<26} end-to-end p50 {statistics.median(times) * 1000:6.1f} ms | "
         f"minus direct p50: overhead p50 {pct(over, 0.5):6.1f} p99 {pct(over, 0.99):6.1f} ms | "

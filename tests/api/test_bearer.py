@@ -6,7 +6,7 @@ import pytest
 
 from talos.billing.v1 import billing_pb2
 from talos_common.errors import TalosError
-from talos_gateway.jobs import Authenticator
+from talos_gateway.auth import Authenticator
 
 
 class FakeBilling:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from talos.api.v1 import contract
 from talos_common.mesh import Account, LocalMesh
 
 from .support import PRICE, Api, auth, decode_image, read_sse, wait_until
@@ -29,10 +30,11 @@ async def test_generation_returns_a_png_and_charges_exactly_18(api: Api, key: st
     )
     assert reply.status == 200, reply.body
     body = reply.body
-    assert set(body) == {"created", "job_id", "data", "size", "output_format", "credits_charged", "balance"}
+    assert set(body) == {prop.name for prop in contract.RESPONSES["Generation"]}
+    assert body["refunded"] == []
     assert body["size"] == "1024x1024" and body["output_format"] == "png"
     assert body["credits_charged"] == PRICE
-    assert len(body["data"]) == 1 and set(body["data"][0]) == {"b64_json", "seed"}
+    assert len(body["data"]) == 1 and set(body["data"][0]) == {"b64_json", "seed", "image"}
     assert 0 <= body["data"][0]["seed"] <= 4_294_967_295
     image = decode_image(body["data"][0]["b64_json"])
     assert (image.format, image.size) == ("PNG", (1024, 1024))
@@ -93,7 +95,7 @@ async def test_allowance_is_spent_first_and_balance_is_spendable(
 
 async def test_stream_true_sends_events_and_exactly_one_terminal(api: Api, key: str) -> None:
     url = api.base_url + "/v1/images/generations"
-    body = {"prompt": "a paper boat", "stream": True, "steps": 3, "seed": 42}
+    body = {"prompt": "a paper boat", "stream": True, "stream_format": "talos", "steps": 3, "seed": 42}
     async with api.session.post(url, json=body, headers=auth(key)) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -115,7 +117,7 @@ async def test_stream_true_sends_events_and_exactly_one_terminal(api: Api, key: 
         if name == "queued":
             assert data["position"] >= 1 and data["eta_seconds"] >= 0
     completed = events[-1][1]
-    assert set(completed) == {"job_id", "b64_json", "seed", "credits_charged", "balance"}
+    assert set(completed) == {prop.name for prop in contract.EVENTS["completed"]}
     assert completed["seed"] == 42 and completed["credits_charged"] == PRICE
     assert completed["balance"] == 1000 - PRICE == await api.balance(key)
     assert decode_image(completed["b64_json"]).size == (1024, 1024)
@@ -253,10 +255,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("output_format", {"prompt": "x", "output_format": "gif"}, "output_format"),
     ("stream type", {"prompt": "x", "stream": "true"}, "stream"),
     ("model", {"prompt": "x", "model": "dall-e-3"}, "model"),
-    ("n", {"prompt": "x", "n": 2}, "n"),
+    ("n", {"prompt": "x", "n": 5}, "n"),
+    ("n zero", {"prompt": "x", "n": 0}, "n"),
     ("response_format", {"prompt": "x", "response_format": "url"}, "response_format"),
     ("user type", {"prompt": "x", "user": 5}, "user"),
-    ("unknown field", {"prompt": "x", "quality": "hd"}, "quality"),
+    ("unknown field", {"prompt": "x", "frame_count": 3}, "frame_count"),
+    ("quality", {"prompt": "x", "quality": "ultra"}, "quality"),
     ("unknown field 2", {"prompt": "x", "negative": "y"}, "negative"),
 ]
 
@@ -539,7 +543,9 @@ async def test_sse_reconnect_after_failure_replays_the_failure(api: Api, key: st
         assert names[-1] == "failed" and names.count("failed") == 1 and "completed" not in names
         assert events[-1][1] == {
             "job_id": job_id,
+            "image": 0,
             "error": {"code": "cancelled", "message": events[-1][1]["error"]["message"]},
+            "seed": events[-1][1]["seed"],
             "refunded": True,
         }
 

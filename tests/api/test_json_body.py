@@ -6,7 +6,8 @@ import base64
 import json
 import os
 
-from talos_gateway.http_api import Base64Bytes, _dumps
+from talos_gateway.http_bodies import Base64Bytes
+from talos_gateway.http_bodies import dumps as _dumps
 
 
 def test_image_bytes_come_out_as_the_same_json_as_a_base64_string() -> None:

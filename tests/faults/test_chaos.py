@@ -1,8 +1,11 @@
 """Chaos: clients generate while services are SIGKILLed and restarted; no credit is lost.
 
 ``TALOS_CHAOS_SECONDS`` sets how long faults are injected (default 45 s for CI; a manual
-soak sets it to hours). Afterwards every hold must be resolved, every delivered image charged
-exactly once, every failure refunded, and the ledger must sum to zero.
+soak sets it to hours). Afterwards every hold must be resolved, every failure refunded, and
+the ledger must sum to zero. Images received and images charged match exactly, but for two
+bounded kinds: an image the gateway sent whose answer the client lost (charged: it left the
+gateway), and an image received whose charge never came (free: the gateway or billing died
+between delivery and capture, and the hold expired).
 """
 
 from __future__ import annotations
@@ -145,11 +148,15 @@ def test_chaos_loses_no_credit(tmp_path: Path, capsys: pytest.CaptureFixture[str
             captured = states.get(CAPTURED, 0)
             balance = mesh.account(account.account_id).balance
             assert GRANT - balance == PRICE * captured, "balance and captured holds disagree"
+            free = 0
             for job_id in log.completed:
-                (state,) = db.execute("SELECT state FROM holds WHERE job_id = ?", (job_id,)).fetchone()
-                assert state == CAPTURED, f"delivered job {job_id} is not charged"
-            # A capture whose answer was lost with a killed gateway is the only charge without delivery.
-            assert captured - len(log.completed) <= faults["gateway"] + log.transport_errors
+                (state,) = db.execute("SELECT state FROM holds WHERE job_id = ?", (f"{job_id}.0",)).fetchone()
+                assert state in (CAPTURED, EXPIRED), f"delivered job {job_id} was refunded"
+                free += state == EXPIRED
+            # Charged is delivered: only an answer lost on its way to the client is charged unseen.
+            assert captured - (len(log.completed) - free) <= log.transport_errors
+            # Delivered and never charged: only when a kill fell between the delivery and the capture.
+            assert free <= faults["gateway"] + faults["billing"]
             # Per job, the account's own ledger legs net to -18 when charged and 0 when refunded.
             per_job = db.execute(
                 "SELECT h.job_id, h.state, coalesce(sum(l.amount), 0) FROM holds h"

@@ -98,7 +98,9 @@ def test_slow_moderation_call_is_cancelled_when_the_client_gives_up(drain_mesh: 
 def test_client_disconnect_mid_render_releases_the_hold(drain_mesh: LocalMesh) -> None:
     account = drain_mesh.create_account(1000)
     url = urlsplit(drain_mesh.http_url)
-    body = json.dumps({"prompt": "a tall ship", "steps": 40, "stream": True}).encode()
+    body = json.dumps(
+        {"prompt": "a tall ship", "steps": 40, "stream": True, "stream_format": "talos"}
+    ).encode()
     with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
         conn.sendall(
             (
@@ -135,7 +137,9 @@ def _wait_ready(mesh: LocalMesh, timeout: float = 60) -> None:
 def _stream_job(mesh: LocalMesh, key: str, events: list[str], started: threading.Event) -> None:
     request = urllib.request.Request(
         mesh.http_url + "/v1/images/generations",
-        data=json.dumps({"prompt": "harbour lights", "steps": 12, "stream": True}).encode(),
+        data=json.dumps(
+            {"prompt": "harbour lights", "steps": 12, "stream": True, "stream_format": "talos"}
+        ).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:

@@ -60,7 +60,10 @@ def test_canary_prompt_seed_and_image_leave_no_trace(tmp_path: Path, store: str)
         images.append(base64.b64decode(reply.body["data"][0]["b64_json"]))
 
         streamed = http(
-            "POST", mesh.http_url + "/v1/images/generations", account.api_key, {**body, "stream": True}
+            "POST",
+            mesh.http_url + "/v1/images/generations",
+            account.api_key,
+            {**body, "stream": True, "stream_format": "talos"},
         )
         assert streamed.status == 200
         assert isinstance(streamed.body, bytes), "an event stream is not JSON"

@@ -1,5 +1,7 @@
 """One table that maps TALOS error codes to gRPC status codes and HTTP statuses.
 
+The public codes come from the API contract (``talos.api.v1.contract.ERRORS``).
+
 Services raise :class:`TalosError`; the server interceptor turns it into a gRPC status
 carrying a ``google.rpc.ErrorInfo`` whose ``reason`` is the code, and the gateway maps
 codes back to HTTP with the same table. Clients read the code, never parse messages.
@@ -14,6 +16,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from talos.api.v1 import contract
+
 DOMAIN = "talos"
 
 
@@ -25,22 +29,11 @@ class ErrorKind:
     retryable: bool = False
 
 
+# The public codes as the API contract declares them, and two the mesh keeps to itself.
 ERRORS: dict[str, ErrorKind] = {
-    "invalid_request": ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 400),
-    "content_policy_violation": ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 400),
-    "invalid_api_key": ErrorKind(grpc.StatusCode.UNAUTHENTICATED, 401),
-    "insufficient_credits": ErrorKind(grpc.StatusCode.FAILED_PRECONDITION, 402),
-    "age_confirmation_required": ErrorKind(grpc.StatusCode.PERMISSION_DENIED, 403),
-    "not_found": ErrorKind(grpc.StatusCode.NOT_FOUND, 404),
-    "idempotency_conflict": ErrorKind(grpc.StatusCode.ALREADY_EXISTS, 409),
-    "request_too_large": ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
-    "output_blocked": ErrorKind(grpc.StatusCode.PERMISSION_DENIED, 422),
-    "rate_limited": ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, retryable=True),
-    "cancelled": ErrorKind(grpc.StatusCode.CANCELLED, 499),
-    "internal": ErrorKind(grpc.StatusCode.INTERNAL, 500),
-    "no_capacity": ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, retryable=True),
-    "unavailable": ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, retryable=True),
-    "timeout": ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 504, retryable=True),
+    error.code: ErrorKind(grpc.StatusCode[error.grpc_status], error.http_status, error.retryable)
+    for error in contract.ERRORS
+} | {
     # Internal to the mesh; the gateway never shows these to a client as they are.
     "hold_expired": ErrorKind(grpc.StatusCode.FAILED_PRECONDITION, 409),
     "unimplemented": ErrorKind(grpc.StatusCode.UNIMPLEMENTED, 501),

@@ -153,10 +153,26 @@ async def set_serving(
         await health_servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    bound = server.add_insecure_port(f"{host}:{port}")
+class PortInUse(OSError):
+    """A listener could not bind; ``setting`` names the variable that chose the address."""
+
+    def __init__(self, setting: str, host: str, port: int) -> None:
+        super().__init__(
+            f"cannot listen on {host}:{port} (set by {setting}): the address is in use or not local"
+        )
+        self.setting = setting
+        self.host = host
+        self.port = port
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, setting: str = "") -> int:
+    """Adds a plaintext listener; :class:`PortInUse` naming ``setting`` when it cannot bind."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raises instead of returning 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise PortInUse(setting or "the service's port setting", host, port)
     return bound
 
 

@@ -1,9 +1,9 @@
 """Wires the gateway: billing and moderation channels, the relay, the public gRPC API, HTTP.
 
-``serve()`` starts everything on ``settings.host`` (ports may be 0), prints one
-``TALOS_READY {"service": "gateway", "http": "http://host:port", "grpc": "host:port",
-"relay": "host:port"}`` line, and on SIGTERM/SIGINT drains: new jobs get 503 ``no_capacity``,
-jobs in flight get ``drain_grace_seconds`` to finish, the rest fail and are refunded, then the
+:func:`create_server` builds everything and binds the HTTP and public gRPC listeners on
+``settings.host`` (ports may be 0); :meth:`Gateway.start` serves them and starts the relay.
+On SIGTERM/SIGINT :meth:`Gateway.stop` drains: new jobs get 503 ``no_capacity``, jobs in
+flight get ``drain_grace_seconds`` to finish, the rest fail and are refunded, then the
 servers stop and the process exits 0.
 """
 
@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from typing import Any
 
+import grpc
 from aiohttp import web
-from grpc_health.v1 import health
 
-from talos_common import logs
-from talos_common import settings as settings_mod
-from talos_common.server import announce_ready, bind, build_server, set_serving, stop_signals
+from talos_common import tls
+from talos_common.server import PortInUse, build_server, set_serving
+from talos_common.service import main as run_service
+from talos_common.settings import env_name
 from talos_gateway import grpc_api, http_api
 from talos_gateway.config import PREFIX, Settings
 from talos_gateway.downstream import Billing, Moderation, open_channel
@@ -29,17 +32,8 @@ from talos_gateway.relay import Relay, start_relay_server
 log = logging.getLogger("talos_gateway")
 
 
-def _relay_counts(relay: Relay) -> dict[str, Any]:
-    status = relay.status()
-    return {
-        "nodes_connected": int(status.get("nodes_connected", 0)),
-        "nodes_idle": int(status.get("nodes_idle", 0)),
-        "queue_length": int(status.get("queue_length", 0)),
-    }
-
-
 class Gateway:
-    """Every part of one gateway process, started by :meth:`start` and drained by :meth:`drain`."""
+    """Every part of one gateway process: built by :func:`create_server`, then started and stopped."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -50,98 +44,120 @@ class Gateway:
         self.moderation = Moderation(self.moderation_channel, timeout)
         self.relay = Relay(settings, self.billing.authenticate_node)
         self.registry = JobRegistry(settings, self.billing, self.moderation, self.relay)
+        self.server, self.health = build_server(
+            [lambda server: grpc_api.register(server, self.registry)],
+            [grpc_api.SERVICE_NAME],
+            max_message_bytes=settings.relay_max_message_bytes,
+            # Requests are small: refuse big ones unread; replies carry images (up to the relay cap).
+            extra_options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
+        )
+        self.port = 0
+        self.http_socket: socket.socket | None = None
         self.runner: web.AppRunner | None = None
-        self.grpc_server: Any = None
-        self.grpc_health: health.aio.HealthServicer | None = None
-        self.relay_server: Any = None
-        self.addresses: dict[str, str] = {}
+        self.relay_server: grpc.aio.Server | None = None
+        self._addresses: dict[str, str] = {}
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return dict(self._addresses)
+
+    def bind(self) -> None:
+        """Claims the HTTP and gRPC ports now, so a port in use is named before anything serves."""
+        s = self.settings
+        self.port = tls.bind(
+            self.server,
+            s.host,
+            s.grpc_port,
+            env_name(PREFIX, "grpc_port"),
+            s.grpc_tls_cert_file,
+            s.grpc_tls_key_file,
+        )
+        self.http_socket = _listen(s.host, s.http_port, env_name(PREFIX, "http_port"))
+        http_port = self.http_socket.getsockname()[1]
+        self._addresses = {"http": f"http://{s.host}:{http_port}", "grpc": f"{s.host}:{self.port}"}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         billing_ok, moderation_ok = await asyncio.gather(self.billing.healthy(), self.moderation.healthy())
         accepting = self.registry.accepting
+        status = self.relay.status()
         body: dict[str, Any] = {
             "ready": bool(billing_ok and moderation_ok and accepting),
             "billing": billing_ok,
             "moderation": moderation_ok,
             "accepting": accepting,
-            **_relay_counts(self.relay),
+            "nodes_connected": int(status.get("nodes_connected", 0)),
+            "nodes_idle": int(status.get("nodes_idle", 0)),
+            "queue_length": int(status.get("queue_length", 0)),
             "jobs_active": len(self.registry.active_jobs()),
         }
         return body["ready"], body
 
-    async def start(self) -> dict[str, str]:
+    async def start(self) -> None:
         s = self.settings
         self.relay_server, relay_port = await start_relay_server(self.relay, s)
+        self._addresses["relay"] = f"{s.host}:{relay_port}"
         self.registry.start()
-
-        self.grpc_server, self.grpc_health = build_server(
-            [lambda server: grpc_api.register(server, self.registry)],
-            [grpc_api.SERVICE_NAME],
-            max_message_bytes=s.relay_max_message_bytes,
-            # Requests are small: refuse big ones unread; replies carry images (up to the relay cap).
-            extra_options=[("grpc.max_receive_message_length", s.max_request_bytes)],
-        )
-        grpc_port = bind(self.grpc_server, s.host, s.grpc_port)
-        await self.grpc_server.start()
-        await set_serving(self.grpc_health, [grpc_api.SERVICE_NAME], True)
-
+        await self.server.start()
+        await set_serving(self.health, [grpc_api.SERVICE_NAME], True)
         app = http_api.build_app(s, self.registry, self.readiness, [self.relay.metrics_registry])
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, s.host, s.http_port, backlog=512)
-        await site.start()
-        http_port = _bound_port(site, s.http_port)
+        assert self.http_socket is not None
+        await web.SockSite(self.runner, self.http_socket, backlog=512).start()
+        log.info("gateway listening", extra=self.addresses)
 
-        self.addresses = {
-            "http": f"http://{s.host}:{http_port}",
-            "grpc": f"{s.host}:{grpc_port}",
-            "relay": f"{s.host}:{relay_port}",
-        }
-        return self.addresses
-
-    async def drain(self) -> None:
+    async def stop(self) -> None:
         """Stop accepting, let jobs finish within the grace, fail and refund the rest, stop."""
         s = self.settings
         log.info("draining", extra={"grace_seconds": s.drain_grace_seconds})
         self.registry.accepting = False
-        if self.grpc_health is not None:
-            await set_serving(self.grpc_health, [grpc_api.SERVICE_NAME], False)
+        await set_serving(self.health, [grpc_api.SERVICE_NAME], False)
         # Relay first: it lets renders finish within the grace, then fails what is left
-        # (the pipeline then releases those holds); the registry then waits for every job's end.
+        # (the pipeline then releases those holds); the registry then waits for every image's end.
         await self.relay.drain(s.drain_grace_seconds)
         await self.registry.drain(s.downstream_timeout_seconds * 2)
         await self.close()
+        log.info("gateway stopped")
 
     async def close(self) -> None:
         await self.registry.close()
         await self.relay.close()
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(1.0)
+        await self.server.stop(1.0)
         if self.relay_server is not None:
             await self.relay_server.stop(1.0)
         if self.runner is not None:
             await self.runner.cleanup()
+        elif self.http_socket is not None:
+            self.http_socket.close()
         for channel in (self.billing_channel, self.moderation_channel):
             with contextlib.suppress(Exception):
                 await channel.close()
 
 
-def _bound_port(site: web.TCPSite, asked: int) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here
-    sockets = getattr(server, "sockets", None) or []
-    for sock in sockets:
-        return int(sock.getsockname()[1])
-    return asked
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise PortInUse(setting, host, port) from None
+        raise
+    sock.setblocking(False)
+    return sock
 
 
-async def serve(settings: Settings | None = None) -> None:
-    settings = settings or settings_mod.load(Settings, PREFIX)
-    logs.configure("gateway", settings.log_level)
-    async with stop_signals() as stop:
-        gateway = Gateway(settings)
-        addresses = await gateway.start()
-        log.info("gateway listening", extra=addresses)
-        announce_ready("gateway", **addresses)
-        await stop.wait()
-        await gateway.drain()
-    log.info("gateway stopped")
+async def create_server(settings: Settings) -> Gateway:
+    gateway = Gateway(settings)
+    try:
+        gateway.bind()
+    except BaseException:
+        await gateway.close()
+        raise
+    return gateway
+
+
+def main() -> None:
+    run_service("gateway", Settings, PREFIX, create_server)

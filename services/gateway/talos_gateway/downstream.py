@@ -83,6 +83,13 @@ class Billing:
         request = billing_pb2.ReserveRequest(job_id=job_id, account_id=account_id)
         return await _call("billing", "Reserve", lambda: self.stub.Reserve(request, timeout=self.timeout))
 
+    async def reserve_many(self, account_id: str, hold_ids: list[str]) -> billing_pb2.ReserveManyResponse:
+        """Holds the price of each image at once: all of them, or none."""
+        request = billing_pb2.ReserveManyRequest(account_id=account_id, job_ids=hold_ids)
+        return await _call(
+            "billing", "ReserveMany", lambda: self.stub.ReserveMany(request, timeout=self.timeout)
+        )
+
     async def capture(self, job_id: str) -> billing_pb2.CaptureResponse:
         """Charges the hold; retried on transient failures (Capture is idempotent by job id)."""
         request = billing_pb2.CaptureRequest(job_id=job_id)
@@ -104,6 +111,14 @@ class Billing:
             "billing", "AuthenticateNode", lambda: self.stub.AuthenticateNode(request, timeout=self.timeout)
         )
         return str(reply.node_id)
+
+    async def active_nodes(self, node_ids: list[str]) -> list[str]:
+        """For the relay: which of these node ids still hold a live (not revoked) token."""
+        request = billing_pb2.ActiveNodesRequest(node_ids=node_ids)
+        reply = await _call(
+            "billing", "ActiveNodes", lambda: self.stub.ActiveNodes(request, timeout=self.timeout)
+        )
+        return [str(node_id) for node_id in reply.active_node_ids]
 
     async def healthy(self) -> bool:
         return await _healthy(self.channel, min(self.timeout, 2.0))

@@ -17,62 +17,62 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from talos.api.v1 import api_pb2, api_pb2_grpc
+from talos.api.v1 import api_pb2, api_pb2_grpc, contract
+from talos.api.v1.contract import InvalidRequest, check_idempotency_key, grpc_values, parse_generation
 from talos_common.errors import TalosError
 from talos_gateway import metrics, styles
-from talos_gateway.jobs import (
+from talos_gateway.auth import Principal, next_utc_midnight
+from talos_gateway.job import (
     CompletedEvent,
     FailedEvent,
     Job,
     JobEvent,
-    JobRegistry,
-    Principal,
     ProgressEvent,
     QueuedEvent,
     StartedEvent,
-    next_utc_midnight,
 )
+from talos_gateway.jobs import JobRegistry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 
 
 def to_proto(job: Job, event: JobEvent) -> api_pb2.JobEvent:
+    message = api_pb2.JobEvent(job_id=job.id, image=event.index)
     if isinstance(event, QueuedEvent):
-        return api_pb2.JobEvent(
-            job_id=job.id, queued=api_pb2.Queued(position=event.position, eta_seconds=event.eta_seconds)
-        )
-    if isinstance(event, StartedEvent):
-        return api_pb2.JobEvent(job_id=job.id, started=api_pb2.Started())
-    if isinstance(event, ProgressEvent):
-        return api_pb2.JobEvent(
-            job_id=job.id,
-            progress=api_pb2.Progress(
-                step=event.step, total_steps=event.total_steps, preview_jpeg=event.preview_jpeg
-            ),
-        )
-    if isinstance(event, CompletedEvent):
+        message.queued.position = event.position
+        message.queued.eta_seconds = event.eta_seconds
+    elif isinstance(event, StartedEvent):
+        message.started.SetInParent()
+    elif isinstance(event, ProgressEvent):
+        progress = message.progress
+        progress.step = event.step
+        progress.total_steps = event.total_steps
+        progress.preview_jpeg = event.preview_jpeg
+        progress.preview_withheld = event.preview_withheld
+    elif isinstance(event, CompletedEvent):
         # Filled in place: a Completed built apart and passed in is copied again, and the image
         # is megabytes.
-        message = api_pb2.JobEvent(job_id=job.id)
         completed = message.completed
-        completed.image = event.image
+        completed.image = event.data
         completed.output_format = event.output_format
         completed.width = event.width
         completed.height = event.height
         completed.seed = event.seed
         completed.credits_charged = event.credits_charged
         completed.balance = event.balance
-        return message
-    assert isinstance(event, FailedEvent)
-    return api_pb2.JobEvent(
-        job_id=job.id,
-        failed=api_pb2.Failed(error=api_pb2.Error(code=event.code, message=event.message), refunded=True),
-    )
+    else:
+        assert isinstance(event, FailedEvent)
+        failed = message.failed
+        failed.error.code = event.code
+        failed.error.message = event.message
+        failed.refunded = True
+        failed.seed = event.seed
+    return message
 
 
 def options_proto() -> api_pb2.Options:
-    opts = styles.options()
+    opts = contract.options(styles.style_texts())
     return api_pb2.Options(
         styles=[
             api_pb2.Style(
@@ -89,6 +89,7 @@ def options_proto() -> api_pb2.Options:
             for s in opts["sizes"]
         ],
         steps=api_pb2.IntRange(**opts["steps"]),
+        n=api_pb2.IntRange(**opts["n"]),
         guidance=api_pb2.FloatRange(**opts["guidance"]),
         price_per_image=opts["price_per_image"],
         output_formats=opts["output_formats"],
@@ -112,15 +113,14 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             assert event is not None
             yield to_proto(job, event)
             if isinstance(event, CompletedEvent):
-                job.mark_delivered()
+                job.mark_delivered(event.index)
 
     async def Generate(
         self, request: api_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.JobEvent]:
         with _counted("Generate") as outcome:
             principal = await self._principal(context)
-            generation = styles.parse_grpc_request(request)
-            key = styles.check_idempotency_key(request.idempotency_key or None, "idempotency_key")
+            generation, key = _parse(request)
             job = await self.registry.submit(principal, generation, key, bound=True)
             # The job is bound to this call: the client cancelling or its deadline passing
             # cancels the generator, and detaching then cancels the job (its hold is released).
@@ -137,8 +137,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     ) -> api_pb2.SubmitResponse:
         with _counted("Submit") as outcome:
             principal = await self._principal(context)
-            generation = styles.parse_grpc_request(request)
-            key = styles.check_idempotency_key(request.idempotency_key or None, "idempotency_key")
+            generation, key = _parse(request)
             job = await self.registry.submit(principal, generation, key, bound=False)
             outcome["code"] = "ok"
             return api_pb2.SubmitResponse(job_id=job.id)
@@ -190,6 +189,15 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             return options_proto()
 
 
+def _parse(request: api_pb2.GenerateRequest) -> tuple[contract.Generation, str | None]:
+    try:
+        generation = parse_generation(grpc_values(request), http=False)
+        key = check_idempotency_key(request.idempotency_key, "idempotency_key")
+    except InvalidRequest as invalid:
+        raise TalosError("invalid_request", invalid.message, field=invalid.field) from None
+    return generation, key
+
+
 def account_proto(state: Any) -> api_pb2.Account:
     resets = timestamp_pb2.Timestamp()
     if state.allowance_resets_at.seconds or state.allowance_resets_at.nanos:
@@ -203,7 +211,7 @@ def account_proto(state: Any) -> api_pb2.Account:
             daily=int(state.daily_allowance), remaining=int(state.allowance_remaining), resets_at=resets
         ),
         age_confirmed=bool(state.age_confirmed),
-        price_per_image=int(state.price_per_image) or styles.PRICE_PER_IMAGE,
+        price_per_image=int(state.price_per_image) or contract.PRICE_PER_IMAGE,
     )
 
 

@@ -7,7 +7,6 @@ Bodies above ``max_request_bytes`` are refused with 413 before they are read.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -21,21 +20,25 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from talos.api.v1 import contract
+from talos.api.v1.contract import Generation, InvalidRequest, check_idempotency_key, parse_generation
 from talos_common.errors import ERRORS, TalosError
 from talos_gateway import metrics, openapi, styles
+from talos_gateway.auth import Principal, next_utc_midnight
 from talos_gateway.config import Settings
-from talos_gateway.jobs import (
-    CompletedEvent,
-    FailedEvent,
-    Job,
-    JobEvent,
-    JobRegistry,
-    Principal,
-    ProgressEvent,
-    QueuedEvent,
-    StartedEvent,
-    next_utc_midnight,
+from talos_gateway.http_bodies import (
+    dumps,
+    error_body,
+    event_payload,
+    generation_body,
+    openai_completed,
+    openai_failed,
+    openai_partial,
+    shaped,
+    sse,
 )
+from talos_gateway.job import CompletedEvent, FailedEvent, Job, ProgressEvent
+from talos_gateway.jobs import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +70,13 @@ METRICS_KEY = web.AppKey("metrics_registries", list)
 # -- errors -------------------------------------------------------------------------------
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
 def error_response(error: TalosError) -> web.Response:
     headers: dict[str, str] = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.code == "invalid_api_key":
         headers["WWW-Authenticate"] = 'Bearer realm="talos"'
-    return web.json_response(
-        error_body(error.code, error.message), status=error.kind.http_status, headers=headers
-    )
+    return _json(error_body(error.code, error.message), status=error.kind.http_status, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
@@ -98,7 +95,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "location")}
     if 300 <= status < 400:
         return web.Response(status=status, headers=headers)
-    return web.json_response(error_body(code, message), status=status, headers=headers)
+    return _json(error_body(code, message), status=status, headers=headers)
 
 
 def _route_name(request: web.Request) -> str:
@@ -125,6 +122,8 @@ async def guard(
         response = await handler(request)
     except TalosError as error:
         response = error_response(error)
+    except InvalidRequest as invalid:
+        response = error_response(TalosError("invalid_request", invalid.message, field=invalid.field))
     except web.HTTPException as exc:
         response = _from_http_exception(exc)
     except (ConnectionResetError, ConnectionError):
@@ -170,94 +169,11 @@ async def _json_body(request: web.Request) -> Any:
         raise TalosError("invalid_request", "the request body is not valid JSON", field="body") from None
 
 
-class Base64Bytes:
-    """Bytes that appear in JSON as a base64 string.
-
-    A finished image is megabytes of base64; passing it through the JSON encoder as a string
-    costs more than encoding it (the encoder scans every character for escapes, then the text is
-    encoded to UTF-8 again). Base64 never needs escaping, so :func:`_dumps` splices it in.
-    """
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-# What a Base64Bytes becomes in the first pass: a NUL-framed string, written escaped.
-_SLOT = "\x00base64\x00"
-_SLOT_JSON = json.dumps(_SLOT).encode()
-
-
-def _dumps(value: Any) -> bytes:
-    blobs: list[bytes] = []
-
-    def slot(obj: object) -> str:
-        if isinstance(obj, Base64Bytes):
-            blobs.append(obj.data)
-            return _SLOT
-        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=slot).encode()
-    if not blobs:
-        return text
-    parts = text.split(_SLOT_JSON)
-    if len(parts) != len(blobs) + 1:  # some other string equals the slot: take the slow road
-        return json.dumps(
-            value,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            default=lambda obj: base64.b64encode(obj.data).decode("ascii"),
-        ).encode()
-    pieces = [parts[0]]
-    for blob, rest in zip(blobs, parts[1:], strict=True):
-        pieces += [b'"', base64.b64encode(blob), b'"', rest]
-    return b"".join(pieces)
-
-
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_dumps(value), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=dumps(value), status=status, content_type="application/json", headers=headers)
 
 
-def event_payload(job: Job, event: JobEvent) -> tuple[str, dict[str, Any]]:
-    """The SSE name and JSON of one job event."""
-    if isinstance(event, QueuedEvent):
-        return "queued", {
-            "job_id": job.id,
-            "position": event.position,
-            "eta_seconds": round(event.eta_seconds, 2),
-        }
-    if isinstance(event, StartedEvent):
-        return "started", {"job_id": job.id}
-    if isinstance(event, ProgressEvent):
-        data: dict[str, Any] = {"job_id": job.id, "step": event.step, "total_steps": event.total_steps}
-        if event.preview_jpeg:
-            data["preview_b64"] = base64.b64encode(event.preview_jpeg).decode("ascii")
-        return "progress", data
-    if isinstance(event, CompletedEvent):
-        return "completed", {
-            "job_id": job.id,
-            "b64_json": Base64Bytes(event.image),
-            "seed": event.seed,
-            "credits_charged": event.credits_charged,
-            "balance": event.balance,
-        }
-    assert isinstance(event, FailedEvent)
-    return "failed", {
-        "job_id": job.id,
-        "error": {"code": event.code, "message": event.message},
-        "refunded": True,
-    }
-
-
-def _sse(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
-
-
-async def _stream_events(request: web.Request, job: Job) -> web.StreamResponse:
-    """Writes the job's events as SSE until its terminal event (the current state first)."""
-    if job.delivered:
-        raise TalosError("not_found", "this job's result was already delivered; results are not kept")
+async def _event_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         status=200,
         headers={
@@ -267,15 +183,56 @@ async def _stream_events(request: web.Request, job: Job) -> web.StreamResponse:
         },
     )
     await response.prepare(request)
+    return response
+
+
+async def _stream_events(request: web.Request, job: Job) -> web.StreamResponse:
+    """Writes the job's TALOS events as SSE until every image has ended (the current state first)."""
+    if job.fully_delivered:
+        raise TalosError("not_found", "this job's images were already delivered; results are not kept")
+    response = await _event_stream(request)
     heartbeat = request.app[SETTINGS_KEY].sse_heartbeat_seconds
     async for event in job.follow(heartbeat):
         if event is None:
             await response.write(b": keep-alive\n\n")
             continue
         name, data = event_payload(job, event)
-        await response.write(_sse(name, data))
+        await response.write(sse(name, data))
         if isinstance(event, CompletedEvent):
-            job.mark_delivered()
+            job.mark_delivered(event.index)
+    await response.write_eof()
+    return response
+
+
+async def _stream_openai(request: web.Request, job: Job, partial_images: int) -> web.StreamResponse:
+    """OpenAI's image stream: up to ``partial_images`` previews per image, then its completed event."""
+    response = await _event_stream(request)
+    heartbeat = request.app[SETTINGS_KEY].sse_heartbeat_seconds
+    partials = [0] * job.n
+    completed = 0
+    first_failure: FailedEvent | None = None
+    async for event in job.follow(heartbeat):
+        if event is None:
+            await response.write(b": keep-alive\n\n")
+        elif isinstance(event, ProgressEvent) and event.preview_jpeg:
+            done = partials[event.index]
+            # Spread the partial images over the render: the j-th from step T*(j+1)/(k+1) on.
+            if done < partial_images and event.step * (partial_images + 1) >= event.total_steps * (done + 1):
+                body = openai_partial(job, event.preview_jpeg, done)
+                partials[event.index] = done + 1
+                await response.write(sse(body["type"], body))
+        elif isinstance(event, CompletedEvent):
+            body = openai_completed(job, event)
+            await response.write(sse(body["type"], body))
+            job.mark_delivered(event.index)
+            completed += 1
+        elif isinstance(event, FailedEvent):
+            first_failure = first_failure or event
+            body = openai_failed(job, event)
+            await response.write(sse(body["type"], body))
+    if completed == 0 and first_failure is not None:
+        # No image at all: an error event, which the openai package raises as APIError.
+        await response.write(sse("error", error_body(first_failure.code, first_failure.message)))
     await response.write_eof()
     return response
 
@@ -283,44 +240,42 @@ async def _stream_events(request: web.Request, job: Job) -> web.StreamResponse:
 # -- handlers -----------------------------------------------------------------------------
 
 
-async def _submit(request: web.Request, *, bound: bool) -> tuple[Job, bool]:
+async def _submit(request: web.Request, *, bound: bool) -> tuple[Job, Generation]:
     principal = await _principal(request)
     body = await _json_body(request)
-    generation, stream = styles.parse_json_request(body)
-    key = styles.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    if not isinstance(body, dict):
+        raise TalosError("invalid_request", "the request body must be a JSON object", field="body")
+    generation = parse_generation(body)
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     job = await _registry(request).submit(principal, generation, key, bound=bound)
-    return job, stream
+    return job, generation
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
     """POST /v1/images/generations: the OpenAI-shaped call; the job is bound to this connection."""
     registry = _registry(request)
-    job, stream = await _submit(request, bound=True)
+    job, generation = await _submit(request, bound=True)
     registry.attach(job)
     try:
-        if stream:
+        if generation.stream and generation.stream_format == "talos":
             return await _stream_events(request, job)
-        terminal: JobEvent | None = None
+        if generation.stream:
+            return await _stream_openai(request, job, generation.partial_images)
+        ends: dict[int, CompletedEvent | FailedEvent] = {}
         async for event in job.follow(None):
             if isinstance(event, CompletedEvent | FailedEvent):
-                terminal = event
-        if isinstance(terminal, FailedEvent):
-            code = terminal.code if terminal.code in ERRORS else "internal"
-            raise TalosError(code, terminal.message)
-        assert isinstance(terminal, CompletedEvent)
-        body = {
-            "created": job.created,
-            "job_id": job.id,
-            "data": [{"b64_json": Base64Bytes(terminal.image), "seed": terminal.seed}],
-            "size": f"{terminal.width}x{terminal.height}",
-            "output_format": terminal.output_format,
-            "credits_charged": terminal.credits_charged,
-            "balance": terminal.balance,
-        }
-        response = _json(body)
+                ends[event.index] = event
+        ordered = [ends[index] for index in sorted(ends)]
+        completed = [end for end in ordered if isinstance(end, CompletedEvent)]
+        if not completed:
+            failure = next(end for end in ordered if isinstance(end, FailedEvent))
+            code = failure.code if failure.code in ERRORS else "internal"
+            raise TalosError(code, failure.message)
+        response = _json(generation_body(job, ordered))
         await response.prepare(request)
         await response.write_eof()
-        job.mark_delivered()
+        for end in completed:
+            job.mark_delivered(end.index)
         return response
     finally:
         registry.detach(job)
@@ -329,7 +284,8 @@ async def generations(request: web.Request) -> web.StreamResponse:
 async def submit_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: accept and answer at once; the job goes on without this connection."""
     job, _ = await _submit(request, bound=False)
-    return _json({"job_id": job.id}, status=202, headers={"Location": f"/v1/jobs/{job.id}/events"})
+    body = shaped(contract.RESPONSES["JobAccepted"], job_id=job.id)
+    return _json(body, status=202, headers={"Location": f"/v1/jobs/{job.id}/events"})
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -342,7 +298,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     principal = await _principal(request)
     job_id = request.match_info["job_id"]
     cancelled = await _registry(request).cancel(principal, job_id)
-    return _json({"job_id": job_id, "cancelled": cancelled})
+    return _json(shaped(contract.RESPONSES["CancelResult"], job_id=job_id, cancelled=cancelled))
 
 
 def account_json(state: Any) -> dict[str, Any]:
@@ -361,7 +317,7 @@ def account_json(state: Any) -> dict[str, Any]:
             "resets_at": resets_at,
         },
         "age_confirmed": bool(state.age_confirmed),
-        "price_per_image": int(state.price_per_image) or styles.PRICE_PER_IMAGE,
+        "price_per_image": int(state.price_per_image) or contract.PRICE_PER_IMAGE,
     }
 
 
@@ -386,7 +342,7 @@ async def confirm_age(request: web.Request) -> web.Response:
 
 
 async def get_options(request: web.Request) -> web.Response:
-    return _json(styles.options())
+    return _json(contract.options(styles.style_texts()))
 
 
 async def get_openapi(request: web.Request) -> web.Response:
@@ -447,7 +403,7 @@ def build_app(
     app[REGISTRY_KEY] = registry
     app[SETTINGS_KEY] = settings
     app[READINESS_KEY] = readiness
-    app[OPENAPI_KEY] = _dumps(openapi.document())
+    app[OPENAPI_KEY] = openapi.load()
     app[METRICS_KEY] = [REGISTRY, *metrics_registries]
     app.on_response_prepare.append(_on_prepare)
     app.router.add_post("/v1/images/generations", generations)

@@ -16,7 +16,7 @@ GRPC_REQUESTS = Counter("talos_gateway_grpc_requests_total", "Public gRPC calls"
 REJECTED = Counter(
     "talos_gateway_requests_rejected_total", "Job requests refused before acceptance (nothing held)", ["code"]
 )
-JOBS = Counter("talos_gateway_jobs_total", "Accepted jobs by how they ended", ["outcome"])
+JOBS = Counter("talos_gateway_jobs_total", "Images of accepted jobs by how they ended", ["outcome"])
 JOBS_ACTIVE = Gauge("talos_gateway_jobs_active", "Accepted jobs that have not ended")
 JOBS_HELD = Gauge("talos_gateway_jobs_held", "Ended jobs whose record (and result, until delivered) is held")
 DOWNSTREAM_SECONDS = Histogram(
@@ -29,6 +29,9 @@ DOWNSTREAM_SECONDS = Histogram(
 CLASSIFY_CALLS = Counter("talos_gateway_classify_calls_total", "ClassifyImage calls made to moderation")
 CLASSIFY_SKIPPED = Counter(
     "talos_gateway_classify_skipped_total", "Completed renders not classified because 18+ was on"
+)
+PREVIEWS_WITHHELD = Counter(
+    "talos_gateway_previews_withheld_total", "Live previews withheld with 18+ off (flagged, or unchecked)"
 )
 # The mesh's own share of a job: everything but the wait for and the work of the render node.
 OVERHEAD_SECONDS = Histogram(

@@ -1,33 +1,23 @@
-"""The OpenAPI 3.1 document of the HTTP API, built from the same constants the validator uses.
+"""The OpenAPI 3.1 document of the HTTP API, generated from the declared contract.
 
-Served at ``GET /v1/openapi.json``. Bounds, enums and defaults come from
-:mod:`talos_gateway.styles`, so the document and the gateway cannot drift apart.
+Request fields, event and response shapes, error codes and every bound come from
+:mod:`talos.api.v1.contract`. The document is generated into ``openapi.json`` beside this
+module (``make contract``), committed, and served as it is at ``GET /v1/openapi.json``; a test
+regenerates it and fails when the committed copy is stale.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-from talos_gateway import styles
+from talos.api.v1 import contract
+from talos.api.v1.contract import Field, Prop
 
-ERROR_STATUSES: dict[str, tuple[str, str]] = {
-    "400": ("invalid_request, content_policy_violation", "The request was refused; nothing was charged."),
-    "401": ("invalid_api_key", "Missing, unknown or revoked API key."),
-    "402": ("insufficient_credits", "Not enough credits for one image."),
-    "403": ("age_confirmation_required", "nsfw: true before the one-time age confirmation."),
-    "404": ("not_found", "No such job for this account (another account's job is never shown)."),
-    "409": ("idempotency_conflict", "The Idempotency-Key was used with a different body."),
-    "413": ("request_too_large", "The body is larger than the gateway accepts."),
-    "422": ("output_blocked", "Adult output with 18+ off; refunded."),
-    "429": ("rate_limited", "Per-key request rate, per-key concurrent jobs, or a moderation cooldown."),
-    "500": ("internal", "Internal error; refunded."),
-    "503": (
-        "no_capacity, unavailable",
-        "No render node can take the job, or a dependency is down; nothing charged.",
-    ),
-    "504": ("timeout", "The job took too long; refunded."),
-}
-
+PATH = Path(__file__).resolve().parent / "openapi.json"
 _RETRY_STATUSES = {"429", "503"}
 
 
@@ -35,172 +25,89 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """Optional request fields may also be sent as null, meaning "use the default"."""
-    out = dict(schema)
-    kind = out.get("type")
-    if isinstance(kind, str):
-        out["type"] = [kind, "null"]
-    if "enum" in out:
-        out["enum"] = [*out["enum"], None]
-    if "const" in out:
-        out["enum"] = [out.pop("const"), None]
-    return out
+def _error_statuses() -> dict[str, tuple[str, str]]:
+    """Each HTTP status with its codes and what they mean, from the contract's error table."""
+    grouped: dict[int, list[contract.ErrorCode]] = defaultdict(list)
+    for error in contract.ERRORS:
+        grouped[error.http_status].append(error)
+    return {
+        str(status): (", ".join(e.code for e in errors), "; ".join(f"{e.code}: {e.when}" for e in errors))
+        for status, errors in sorted(grouped.items())
+    }
+
+
+def _field_schema(spec: Field) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": spec.kind, "description": spec.description}
+    if spec.accepted or spec.refused:
+        schema["enum"] = [*spec.accepted, *spec.refused]
+        if spec.refused:
+            reasons = "; ".join(f"{value} is refused: {why}" for value, why in spec.refused.items())
+            schema["description"] += f" ({reasons}.)"
+    if spec.minimum is not None:
+        schema["minimum"] = int(spec.minimum) if spec.kind == "integer" else spec.minimum
+    if spec.maximum is not None:
+        schema["maximum"] = int(spec.maximum) if spec.kind == "integer" else spec.maximum
+    if spec.max_length is not None:
+        schema["maxLength"] = spec.max_length
+    if spec.default is not None:
+        schema["default"] = spec.default
+    if spec.required:
+        schema["minLength"] = 1
+        schema["pattern"] = "\\S"
+        return schema
+    # Optional fields may also be sent as null, meaning "use the default".
+    schema["type"] = [spec.kind, "null"]
+    if "enum" in schema:
+        schema["enum"] = [*schema["enum"], None]
+    return schema
 
 
 def _request_schema() -> dict[str, Any]:
-    optional: dict[str, dict[str, Any]] = {
-        "negative_prompt": {
-            "type": "string",
-            "maxLength": styles.NEGATIVE_MAX_CHARS,
-            "description": "What to steer away from; appended to the style's own negative prompt.",
-        },
-        "style": {"type": "string", "enum": list(styles.STYLES), "default": styles.DEFAULT_STYLE},
-        "size": {"type": "string", "enum": list(styles.SIZES), "default": styles.DEFAULT_SIZE},
-        "aspect_ratio": {
-            "type": "string",
-            "enum": list(styles.ASPECT_RATIOS),
-            "description": "Alternative to size; when both are given they must agree.",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": styles.STEPS_MIN,
-            "maximum": styles.STEPS_MAX,
-            "default": styles.STEPS_DEFAULT,
-        },
-        "guidance": {
-            "type": "number",
-            "minimum": styles.GUIDANCE_MIN,
-            "maximum": styles.GUIDANCE_MAX,
-            "description": "Classifier-free guidance; the default depends on the style (see /v1/options).",
-        },
-        "seed": {
-            "type": "integer",
-            "minimum": styles.SEED_MIN,
-            "maximum": styles.SEED_MAX,
-            "description": "Random when absent; always returned.",
-        },
-        "nsfw": {"type": "boolean", "default": False, "description": "Needs the age confirmation first."},
-        "output_format": {"type": "string", "enum": list(styles.OUTPUT_FORMATS), "default": "png"},
-        "stream": {
-            "type": "boolean",
-            "default": False,
-            "description": "Answer with text/event-stream job events (ignored by POST /v1/jobs).",
-        },
-        "model": {"const": styles.MODEL_ID, "description": "OpenAI compatibility: absent or aperture-hd."},
-        "n": {"const": 1, "description": "OpenAI compatibility: one image per request."},
-        "response_format": {
-            "const": "b64_json",
-            "description": "OpenAI compatibility: nothing is stored, so there are no URLs.",
-        },
-        "user": {"type": "string", "description": "OpenAI compatibility: ignored and never stored."},
-    }
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["prompt"],
-        "properties": {
-            "prompt": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": styles.PROMPT_MAX_CHARS,
-                "pattern": "\\S",
-                "description": "What to draw: 1 to 2,000 characters after trimming.",
-            },
-            **{name: _nullable(schema) for name, schema in optional.items()},
-        },
+        "required": [f.name for f in contract.REQUEST_FIELDS if f.required],
+        "properties": {f.name: _field_schema(f) for f in contract.REQUEST_FIELDS},
         "description": "Any field not listed here is refused with 400 invalid_request naming it.",
     }
 
 
-def _schemas() -> dict[str, Any]:
-    event_props: dict[str, Any] = {"job_id": {"type": "string"}}
+def _prop_schema(prop: Prop) -> dict[str, Any]:
+    if prop.kind == "base64":
+        return {"type": "string", "contentEncoding": "base64", "description": prop.description}
+    if prop.kind == "object":
+        return {**_object(prop.props), "description": prop.description}
+    if prop.kind == "array":
+        return {"type": "array", "items": _object(prop.props), "description": prop.description}
+    schema: dict[str, Any] = {"type": prop.kind, "description": prop.description}
+    if prop.enum:
+        schema["enum"] = list(prop.enum)
+    return schema
+
+
+def _object(props: tuple[Prop, ...]) -> dict[str, Any]:
     return {
-        "GenerationRequest": _request_schema(),
-        "ErrorDetail": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "examples": ["invalid_request"]},
-                "message": {"type": "string", "description": "Plain words; never echoes the prompt."},
-            },
-        },
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": _ref("ErrorDetail")}},
-        "ImageResponse": {
-            "type": "object",
-            "required": ["created", "job_id", "data", "size", "output_format", "credits_charged", "balance"],
-            "properties": {
-                "created": {"type": "integer", "description": "Unix time the job was accepted."},
-                "job_id": {"type": "string"},
-                "data": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["b64_json", "seed"],
-                        "properties": {
-                            "b64_json": {"type": "string", "contentEncoding": "base64"},
-                            "seed": {
-                                "type": "integer",
-                                "minimum": styles.SEED_MIN,
-                                "maximum": styles.SEED_MAX,
-                            },
-                        },
-                    },
-                },
-                "size": {"type": "string", "enum": list(styles.SIZES)},
-                "output_format": {"type": "string", "enum": list(styles.OUTPUT_FORMATS)},
-                "credits_charged": {"type": "integer", "const": styles.PRICE_PER_IMAGE},
-                "balance": {"type": "integer", "description": "Spendable credits left: allowance + balance."},
-            },
-        },
-        "JobAccepted": {
-            "type": "object",
-            "required": ["job_id"],
-            "properties": {"job_id": {"type": "string"}},
-        },
-        "CancelResult": {
-            "type": "object",
-            "required": ["job_id", "cancelled"],
-            "properties": {"job_id": {"type": "string"}, "cancelled": {"type": "boolean"}},
-        },
-        "QueuedEvent": {
-            "type": "object",
-            "required": ["job_id", "position", "eta_seconds"],
-            "properties": {**event_props, "position": {"type": "integer"}, "eta_seconds": {"type": "number"}},
-        },
-        "StartedEvent": {"type": "object", "required": ["job_id"], "properties": event_props},
-        "ProgressEvent": {
-            "type": "object",
-            "required": ["job_id", "step", "total_steps"],
-            "properties": {
-                **event_props,
-                "step": {"type": "integer"},
-                "total_steps": {"type": "integer"},
-                "preview_b64": {"type": "string", "description": "A small JPEG preview, base64."},
-            },
-        },
-        "CompletedEvent": {
-            "type": "object",
-            "required": ["job_id", "b64_json", "seed", "credits_charged", "balance"],
-            "properties": {
-                **event_props,
-                "b64_json": {"type": "string", "contentEncoding": "base64"},
-                "seed": {"type": "integer"},
-                "credits_charged": {"type": "integer", "const": styles.PRICE_PER_IMAGE},
-                "balance": {"type": "integer"},
-            },
-        },
-        "FailedEvent": {
-            "type": "object",
-            "required": ["job_id", "error", "refunded"],
-            "properties": {
-                **event_props,
-                "error": _ref("ErrorDetail"),
-                "refunded": {"type": "boolean", "const": True},
-            },
-        },
+        "type": "object",
+        "required": [p.name for p in props if not p.optional],
+        "properties": {p.name: _prop_schema(p) for p in props},
+    }
+
+
+def _declared_schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"GenerationRequest": _request_schema()}
+    for name, props in contract.RESPONSES.items():
+        schemas[name] = _object(props)
+    for name, props in contract.EVENTS.items():
+        schemas[name.capitalize() + "Event"] = _object(props)
+    for name, props in contract.OPENAI_EVENTS.items():
+        title = "".join(part.capitalize() for part in name.replace(".", "_").split("_"))
+        schemas["OpenAI" + title] = _object(props)
+    return schemas
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        **_declared_schemas(),
         "Account": {
             "type": "object",
             "required": ["account_id", "balance", "allowance", "age_confirmed", "price_per_image"],
@@ -242,7 +149,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["id", "name", "prompt_template", "negative_prompt", "default_guidance"],
+                        "required": ["id", "name", "default_guidance"],
                         "properties": {
                             "id": {"type": "string"},
                             "name": {"type": "string"},
@@ -267,15 +174,25 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "default_size": {"type": "string"},
+                "n": _range("integer"),
                 "steps": _range("integer"),
+                "quality_steps": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "guidance": _range("number"),
                 "seed": {
                     "type": "object",
                     "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
                 },
                 "output_formats": {"type": "array", "items": {"type": "string"}},
+                "output_compression": {
+                    "type": "object",
+                    "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
+                },
                 "price_per_image": {"type": "integer"},
                 "model": {"type": "string"},
+                "fields": {
+                    "type": "object",
+                    "description": "Each request field's type, description and bounds in words.",
+                },
             },
         },
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
@@ -309,10 +226,11 @@ def _json(schema: str) -> dict[str, Any]:
 
 def _errors(*statuses: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    table = _error_statuses()
     for status in statuses:
-        codes, text = ERROR_STATUSES[status]
+        _, text = table[status]
         response: dict[str, Any] = {
-            "description": f"{codes}: {text}",
+            "description": text,
             "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
             "content": _json("Error"),
         }
@@ -338,10 +256,16 @@ _DEFAULT_ERROR = {
 }
 
 _EVENTS_TEXT = (
-    "Server-sent events: `queued` {job_id, position, eta_seconds}, `started` {job_id}, `progress` "
-    "{job_id, step, total_steps, preview_b64?}, then exactly one terminal event: `completed` "
-    "{job_id, b64_json, seed, credits_charged, balance} or `failed` {job_id, error: {code, message}, "
-    "refunded: true}. Lines starting with ':' are keep-alive comments."
+    "Server-sent events, each named and with a JSON body: "
+    + ", ".join(f"`{name}` ({name.capitalize()}Event)" for name in contract.EVENTS)
+    + ". Each image of the request ends with exactly one `completed` or `failed`; the stream ends "
+    "after the last. Lines starting with ':' are keep-alive comments."
+)
+_OPENAI_EVENTS_TEXT = (
+    "With stream: true (stream_format openai, the default): OpenAI's image events "
+    + ", ".join(f"`{name}`" for name in contract.OPENAI_EVENTS)
+    + "; an `error` event when no image could be made. With stream_format talos: "
+    + _EVENTS_TEXT
 )
 
 _IDEMPOTENCY = {
@@ -349,7 +273,7 @@ _IDEMPOTENCY = {
     "in": "header",
     "required": False,
     "description": "A retry with the same key and the same body returns the same job; another body: 409.",
-    "schema": {"type": "string", "maxLength": styles.IDEMPOTENCY_KEY_MAX_CHARS},
+    "schema": {"type": "string", "maxLength": contract.IDEMPOTENCY_KEY_MAX_CHARS},
 }
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _JOB_ERRORS = ("400", "401", "402", "403", "409", "413", "429", "503")
@@ -373,14 +297,14 @@ def document() -> dict[str, Any]:
             "/v1/images/generations": {
                 "post": {
                     "operationId": "generateImage",
-                    "summary": "Generate one image (OpenAI-compatible); stream: true answers with events",
+                    "summary": "Generate 1 to 4 images (OpenAI-compatible); stream: true answers with events",
                     "parameters": [_IDEMPOTENCY],
                     "requestBody": {"required": True, "content": _json("GenerationRequest")},
                     "responses": {
                         "200": _ok(
-                            "The image (JSON), or with stream: true the job's events. " + _EVENTS_TEXT,
+                            "The images (JSON), or the job's events. " + _OPENAI_EVENTS_TEXT,
                             {
-                                "application/json": {"schema": _ref("ImageResponse")},
+                                "application/json": {"schema": _ref("Generation")},
                                 "text/event-stream": {"schema": {"type": "string"}},
                             },
                         ),
@@ -534,3 +458,23 @@ def document() -> dict[str, Any]:
             "schemas": _schemas(),
         },
     }
+
+
+def render() -> str:
+    """The document as committed: stable key order, one trailing newline."""
+    return json.dumps(document(), indent=1, ensure_ascii=False) + "\n"
+
+
+def load() -> bytes:
+    return PATH.read_bytes()
+
+
+def main() -> int:
+    """``python -m talos_gateway.openapi``: rewrites the committed document."""
+    PATH.write_text(render(), encoding="utf-8")
+    print(f"wrote {PATH}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,6 @@
 """``python -m talos_moderation``: serve until SIGTERM, then drain."""
 
-from talos_common.server import run
-from talos_moderation.service import serve
+from talos_moderation.service import main
 
 if __name__ == "__main__":
-    run(serve)
+    main()

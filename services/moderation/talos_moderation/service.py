@@ -14,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health as health_module
 from PIL import Image
 
 from talos.moderation.v1 import moderation_pb2, moderation_pb2_grpc
-from talos_common import logs, server
-from talos_common.settings import load as load_settings
+from talos_common import server
+from talos_common.service import main as run_service
+from talos_common.settings import env_name
 from talos_moderation.classifier import NsfwClassifier
 from talos_moderation.config import PREFIX, MiB, Settings
 from talos_moderation.cooldown import Cooldowns
@@ -191,26 +193,49 @@ def build_servicer(
     return ModerationServicer(policy, images, cooldowns, executor), executor
 
 
-async def serve(settings: Settings | None = None) -> None:
-    """Builds the service, listens, prints TALOS_READY, and drains on SIGTERM/SIGINT."""
-    config = settings or load_settings(Settings, PREFIX)
-    logs.configure("moderation", config.log_level)
-    servicer, executor = build_servicer(config)
+@dataclass
+class ModerationServer:
+    """The moderation service, built and bound; :meth:`start` serves, :meth:`stop` drains."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_module.aio.HealthServicer
+    servicer: ModerationServicer
+    executor: ThreadPoolExecutor
+    config: Settings
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {"grpc": f"{self.config.host}:{self.port}"}
+
+    async def start(self) -> None:
+        await self.server.start()
+        await server.set_serving(self.health, [SERVICE_NAME], True)
+        log.info("listening", extra={**self.addresses, "policy_version": self.servicer.policy.version})
+
+    async def stop(self) -> None:
+        log.info("draining", extra={"grace_seconds": self.config.drain_grace_seconds})
+        await server.set_serving(self.health, [SERVICE_NAME], False)
+        await self.server.stop(self.config.drain_grace_seconds)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+
+async def create_server(config: Settings, classifier: NsfwClassifier | None = None) -> ModerationServer:
+    """Loads the rules and the classifier (off the event loop) and binds the gRPC server."""
+    servicer, executor = await asyncio.to_thread(build_servicer, config, classifier)
     grpc_server, health = server.build_server(
         register=[lambda s: moderation_pb2_grpc.add_ModerationServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         max_message_bytes=config.max_image_bytes + MiB,
     )
-    port = server.bind(grpc_server, config.host, config.port)
-    async with server.stop_signals() as stop:
-        await grpc_server.start()
-        await server.set_serving(health, [SERVICE_NAME], True)
-        address = f"{config.host}:{port}"
-        log.info("listening", extra={"grpc": address, "policy_version": servicer.policy.version})
-        server.announce_ready("moderation", grpc=address)
-        await stop.wait()
-        log.info("draining", extra={"grace_seconds": config.drain_grace_seconds})
-        await server.set_serving(health, [SERVICE_NAME], False)
-        await grpc_server.stop(config.drain_grace_seconds)
-    executor.shutdown(wait=False, cancel_futures=True)
-    log.info("stopped")
+    try:
+        port = server.bind(grpc_server, config.host, config.port, env_name(PREFIX, "port"))
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    return ModerationServer(grpc_server, port, health, servicer, executor, config)
+
+
+def main() -> None:
+    run_service("moderation", Settings, PREFIX, create_server)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talos/api/v1/api.proto\x12\x0ctalos.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05style\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\x05steps\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08guidance\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04nsfw\x18\t \x01(\x08\x12\x15\n\routput_format\x18\n \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\tB\x08\n\x06_stepsB\x0b\n\t_guidanceB\x07\n\x05_seed\"\xf7\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x06queued\x18\x02 \x01(\x0b\x32\x14.talos.api.v1.QueuedH\x00\x12(\n\x07started\x18\x03 \x01(\x0b\x32\x15.talos.api.v1.StartedH\x00\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x16.talos.api.v1.ProgressH\x00\x12,\n\tcompleted\x18\x05 \x01(\x0b\x32\x17.talos.api.v1.CompletedH\x00\x12&\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x14.talos.api.v1.FailedH\x00\x42\x07\n\x05\x65vent\"/\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x13\n\x0b\x65ta_seconds\x18\x02 \x01(\x02\"\t\n\x07Started\"C\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x14\n\x0cpreview_jpeg\x18\x03 \x01(\x0c\"\x88\x01\n\tCompleted\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x15\n\routput_format\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x17\n\x0f\x63redits_charged\x18\x06 \x01(\r\x12\x0f\n\x07\x62\x61lance\x18\x07 \x01(\x03\">\n\x06\x46\x61iled\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.talos.api.v1.Error\x12\x10\n\x08refunded\x18\x02 \x01(\x08\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\" \n\x0eSubmitResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x13\n\x11GetAccountRequest\"\x8a\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12*\n\tallowance\x18\x03 \x01(\x0b\x32\x17.talos.api.v1.Allowance\x12\x15\n\rage_confirmed\x18\x04 \x01(\x08\x12\x17\n\x0fprice_per_image\x18\x05 \x01(\r\"\\\n\tAllowance\x12\r\n\x05\x64\x61ily\x18\x01 \x01(\x03\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12-\n\tresets_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x11\x43onfirmAgeRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"+\n\x12\x43onfirmAgeResponse\x12\x15\n\rage_confirmed\x18\x01 \x01(\x08\"\x13\n\x11GetOptionsRequest\"\xd5\x01\n\x07Options\x12#\n\x06styles\x18\x01 \x03(\x0b\x32\x13.talos.api.v1.Style\x12!\n\x05sizes\x18\x02 \x03(\x0b\x32\x12.talos.api.v1.Size\x12%\n\x05steps\x18\x03 \x01(\x0b\x32\x16.talos.api.v1.IntRange\x12*\n\x08guidance\x18\x04 \x01(\x0b\x32\x18.talos.api.v1.FloatRange\x12\x17\n\x0fprice_per_image\x18\x05 \x01(\r\x12\x16\n\x0eoutput_formats\x18\x06 \x03(\t\"m\n\x05Style\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\x05 \x01(\x02\"G\n\x04Size\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x14\n\x0c\x61spect_ratio\x18\x04 \x01(\t\"5\n\x08IntRange\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x03\"7\n\nFloatRange\x12\x0b\n\x03min\x18\x01 \x01(\x02\x12\x0b\n\x03max\x18\x02 \x01(\x02\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x02\x32\xfb\x03\n\x0cImageService\x12\x43\n\x08Generate\x12\x1d.talos.api.v1.GenerateRequest\x1a\x16.talos.api.v1.JobEvent0\x01\x12\x45\n\x06Submit\x12\x1d.talos.api.v1.GenerateRequest\x1a\x1c.talos.api.v1.SubmitResponse\x12=\n\x05Watch\x12\x1a.talos.api.v1.WatchRequest\x1a\x16.talos.api.v1.JobEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.talos.api.v1.CancelRequest\x1a\x1c.talos.api.v1.CancelResponse\x12\x44\n\nGetAccount\x12\x1f.talos.api.v1.GetAccountRequest\x1a\x15.talos.api.v1.Account\x12O\n\nConfirmAge\x12\x1f.talos.api.v1.ConfirmAgeRequest\x1a .talos.api.v1.ConfirmAgeResponse\x12\x44\n\nGetOptions\x12\x1f.talos.api.v1.GetOptionsRequest\x1a\x15.talos.api.v1.Optionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talos/api/v1/api.proto\x12\x0ctalos.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x02 \x01(\t\x12\r\n\x05style\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x14\n\x0c\x61spect_ratio\x18\x05 \x01(\t\x12\x12\n\x05steps\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08guidance\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04nsfw\x18\t \x01(\x08\x12\x15\n\routput_format\x18\n \x01(\t\x12\x17\n\x0fidempotency_key\x18\x0b \x01(\t\x12\x0e\n\x01n\x18\x0c \x01(\rH\x03\x88\x01\x01\x12\x1f\n\x12output_compression\x18\r \x01(\rH\x04\x88\x01\x01\x42\x08\n\x06_stepsB\x0b\n\t_guidanceB\x07\n\x05_seedB\x04\n\x02_nB\x15\n\x13_output_compression\"\x86\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x07 \x01(\r\x12&\n\x06queued\x18\x02 \x01(\x0b\x32\x14.talos.api.v1.QueuedH\x00\x12(\n\x07started\x18\x03 \x01(\x0b\x32\x15.talos.api.v1.StartedH\x00\x12*\n\x08progress\x18\x04 \x01(\x0b\x32\x16.talos.api.v1.ProgressH\x00\x12,\n\tcompleted\x18\x05 \x01(\x0b\x32\x17.talos.api.v1.CompletedH\x00\x12&\n\x06\x66\x61iled\x18\x06 \x01(\x0b\x32\x14.talos.api.v1.FailedH\x00\x42\x07\n\x05\x65vent\"/\n\x06Queued\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x13\n\x0b\x65ta_seconds\x18\x02 \x01(\x02\"\t\n\x07Started\"]\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x14\n\x0cpreview_jpeg\x18\x03 \x01(\x0c\x12\x18\n\x10preview_withheld\x18\x04 \x01(\x08\"\x88\x01\n\tCompleted\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x15\n\routput_format\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x17\n\x0f\x63redits_charged\x18\x06 \x01(\r\x12\x0f\n\x07\x62\x61lance\x18\x07 \x01(\x03\"L\n\x06\x46\x61iled\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.talos.api.v1.Error\x12\x10\n\x08refunded\x18\x02 \x01(\x08\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\" \n\x0eSubmitResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"#\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x13\n\x11GetAccountRequest\"\x8a\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\x12*\n\tallowance\x18\x03 \x01(\x0b\x32\x17.talos.api.v1.Allowance\x12\x15\n\rage_confirmed\x18\x04 \x01(\x08\x12\x17\n\x0fprice_per_image\x18\x05 \x01(\r\"\\\n\tAllowance\x12\r\n\x05\x64\x61ily\x18\x01 \x01(\x03\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12-\n\tresets_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x11\x43onfirmAgeRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"+\n\x12\x43onfirmAgeResponse\x12\x15\n\rage_confirmed\x18\x01 \x01(\x08\"\x13\n\x11GetOptionsRequest\"\xf8\x01\n\x07Options\x12#\n\x06styles\x18\x01 \x03(\x0b\x32\x13.talos.api.v1.Style\x12!\n\x05sizes\x18\x02 \x03(\x0b\x32\x12.talos.api.v1.Size\x12%\n\x05steps\x18\x03 \x01(\x0b\x32\x16.talos.api.v1.IntRange\x12*\n\x08guidance\x18\x04 \x01(\x0b\x32\x18.talos.api.v1.FloatRange\x12\x17\n\x0fprice_per_image\x18\x05 \x01(\r\x12\x16\n\x0eoutput_formats\x18\x06 \x03(\t\x12!\n\x01n\x18\x07 \x01(\x0b\x32\x16.talos.api.v1.IntRange\"m\n\x05Style\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0fprompt_template\x18\x03 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x66\x61ult_guidance\x18\x05 \x01(\x02\"G\n\x04Size\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x14\n\x0c\x61spect_ratio\x18\x04 \x01(\t\"5\n\x08IntRange\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x03\"7\n\nFloatRange\x12\x0b\n\x03min\x18\x01 \x01(\x02\x12\x0b\n\x03max\x18\x02 \x01(\x02\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x02\x32\xfb\x03\n\x0cImageService\x12\x43\n\x08Generate\x12\x1d.talos.api.v1.GenerateRequest\x1a\x16.talos.api.v1.JobEvent0\x01\x12\x45\n\x06Submit\x12\x1d.talos.api.v1.GenerateRequest\x1a\x1c.talos.api.v1.SubmitResponse\x12=\n\x05Watch\x12\x1a.talos.api.v1.WatchRequest\x1a\x16.talos.api.v1.JobEvent0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.talos.api.v1.CancelRequest\x1a\x1c.talos.api.v1.CancelResponse\x12\x44\n\nGetAccount\x12\x1f.talos.api.v1.GetAccountRequest\x1a\x15.talos.api.v1.Account\x12O\n\nConfirmAge\x12\x1f.talos.api.v1.ConfirmAgeRequest\x1a .talos.api.v1.ConfirmAgeResponse\x12\x44\n\nGetOptions\x12\x1f.talos.api.v1.GetOptionsRequest\x1a\x15.talos.api.v1.Optionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,51 +33,51 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talos.api.v1.api_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=74
-  _globals['_GENERATEREQUEST']._serialized_end=339
-  _globals['_JOBEVENT']._serialized_start=342
-  _globals['_JOBEVENT']._serialized_end=589
-  _globals['_QUEUED']._serialized_start=591
-  _globals['_QUEUED']._serialized_end=638
-  _globals['_STARTED']._serialized_start=640
-  _globals['_STARTED']._serialized_end=649
-  _globals['_PROGRESS']._serialized_start=651
-  _globals['_PROGRESS']._serialized_end=718
-  _globals['_COMPLETED']._serialized_start=721
-  _globals['_COMPLETED']._serialized_end=857
-  _globals['_FAILED']._serialized_start=859
-  _globals['_FAILED']._serialized_end=921
-  _globals['_ERROR']._serialized_start=923
-  _globals['_ERROR']._serialized_end=961
-  _globals['_SUBMITRESPONSE']._serialized_start=963
-  _globals['_SUBMITRESPONSE']._serialized_end=995
-  _globals['_WATCHREQUEST']._serialized_start=997
-  _globals['_WATCHREQUEST']._serialized_end=1027
-  _globals['_CANCELREQUEST']._serialized_start=1029
-  _globals['_CANCELREQUEST']._serialized_end=1060
-  _globals['_CANCELRESPONSE']._serialized_start=1062
-  _globals['_CANCELRESPONSE']._serialized_end=1097
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1099
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1118
-  _globals['_ACCOUNT']._serialized_start=1121
-  _globals['_ACCOUNT']._serialized_end=1259
-  _globals['_ALLOWANCE']._serialized_start=1261
-  _globals['_ALLOWANCE']._serialized_end=1353
-  _globals['_CONFIRMAGEREQUEST']._serialized_start=1355
-  _globals['_CONFIRMAGEREQUEST']._serialized_end=1391
-  _globals['_CONFIRMAGERESPONSE']._serialized_start=1393
-  _globals['_CONFIRMAGERESPONSE']._serialized_end=1436
-  _globals['_GETOPTIONSREQUEST']._serialized_start=1438
-  _globals['_GETOPTIONSREQUEST']._serialized_end=1457
-  _globals['_OPTIONS']._serialized_start=1460
-  _globals['_OPTIONS']._serialized_end=1673
-  _globals['_STYLE']._serialized_start=1675
-  _globals['_STYLE']._serialized_end=1784
-  _globals['_SIZE']._serialized_start=1786
-  _globals['_SIZE']._serialized_end=1857
-  _globals['_INTRANGE']._serialized_start=1859
-  _globals['_INTRANGE']._serialized_end=1912
-  _globals['_FLOATRANGE']._serialized_start=1914
-  _globals['_FLOATRANGE']._serialized_end=1969
-  _globals['_IMAGESERVICE']._serialized_start=1972
-  _globals['_IMAGESERVICE']._serialized_end=2479
+  _globals['_GENERATEREQUEST']._serialized_end=417
+  _globals['_JOBEVENT']._serialized_start=420
+  _globals['_JOBEVENT']._serialized_end=682
+  _globals['_QUEUED']._serialized_start=684
+  _globals['_QUEUED']._serialized_end=731
+  _globals['_STARTED']._serialized_start=733
+  _globals['_STARTED']._serialized_end=742
+  _globals['_PROGRESS']._serialized_start=744
+  _globals['_PROGRESS']._serialized_end=837
+  _globals['_COMPLETED']._serialized_start=840
+  _globals['_COMPLETED']._serialized_end=976
+  _globals['_FAILED']._serialized_start=978
+  _globals['_FAILED']._serialized_end=1054
+  _globals['_ERROR']._serialized_start=1056
+  _globals['_ERROR']._serialized_end=1094
+  _globals['_SUBMITRESPONSE']._serialized_start=1096
+  _globals['_SUBMITRESPONSE']._serialized_end=1128
+  _globals['_WATCHREQUEST']._serialized_start=1130
+  _globals['_WATCHREQUEST']._serialized_end=1160
+  _globals['_CANCELREQUEST']._serialized_start=1162
+  _globals['_CANCELREQUEST']._serialized_end=1193
+  _globals['_CANCELRESPONSE']._serialized_start=1195
+  _globals['_CANCELRESPONSE']._serialized_end=1230
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1232
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1251
+  _globals['_ACCOUNT']._serialized_start=1254
+  _globals['_ACCOUNT']._serialized_end=1392
+  _globals['_ALLOWANCE']._serialized_start=1394
+  _globals['_ALLOWANCE']._serialized_end=1486
+  _globals['_CONFIRMAGEREQUEST']._serialized_start=1488
+  _globals['_CONFIRMAGEREQUEST']._serialized_end=1524
+  _globals['_CONFIRMAGERESPONSE']._serialized_start=1526
+  _globals['_CONFIRMAGERESPONSE']._serialized_end=1569
+  _globals['_GETOPTIONSREQUEST']._serialized_start=1571
+  _globals['_GETOPTIONSREQUEST']._serialized_end=1590
+  _globals['_OPTIONS']._serialized_start=1593
+  _globals['_OPTIONS']._serialized_end=1841
+  _globals['_STYLE']._serialized_start=1843
+  _globals['_STYLE']._serialized_end=1952
+  _globals['_SIZE']._serialized_start=1954
+  _globals['_SIZE']._serialized_end=2025
+  _globals['_INTRANGE']._serialized_start=2027
+  _globals['_INTRANGE']._serialized_end=2080
+  _globals['_FLOATRANGE']._serialized_start=2082
+  _globals['_FLOATRANGE']._serialized_end=2137
+  _globals['_IMAGESERVICE']._serialized_start=2140
+  _globals['_IMAGESERVICE']._serialized_end=2647
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "style", "size", "aspect_ratio", "steps", "guidance", "seed", "nsfw", "output_format", "idempotency_key")
+    __slots__ = ("prompt", "negative_prompt", "style", "size", "aspect_ratio", "steps", "guidance", "seed", "nsfw", "output_format", "idempotency_key", "n", "output_compression")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     STYLE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,8 @@ class GenerateRequest(_message.Message):
     NSFW_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     style: str
@@ -33,23 +35,27 @@ class GenerateRequest(_message.Message):
     nsfw: bool
     output_format: str
     idempotency_key: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., style: _Optional[str] = ..., size: _Optional[str] = ..., aspect_ratio: _Optional[str] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., nsfw: _Optional[bool] = ..., output_format: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    n: int
+    output_compression: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., style: _Optional[str] = ..., size: _Optional[str] = ..., aspect_ratio: _Optional[str] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., nsfw: _Optional[bool] = ..., output_format: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., n: _Optional[int] = ..., output_compression: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "queued", "started", "progress", "completed", "failed")
+    __slots__ = ("job_id", "image", "queued", "started", "progress", "completed", "failed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
+    image: int
     queued: Queued
     started: Started
     progress: Progress
     completed: Completed
     failed: Failed
-    def __init__(self, job_id: _Optional[str] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., completed: _Optional[_Union[Completed, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., image: _Optional[int] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., completed: _Optional[_Union[Completed, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("position", "eta_seconds")
@@ -64,14 +70,16 @@ class Started(_message.Message):
     def __init__(self) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "preview_jpeg")
+    __slots__ = ("step", "total_steps", "preview_jpeg", "preview_withheld")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_JPEG_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     preview_jpeg: bytes
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_jpeg: _Optional[bytes] = ...) -> None: ...
+    preview_withheld: bool
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., preview_jpeg: _Optional[bytes] = ..., preview_withheld: _Optional[bool] = ...) -> None: ...
 
 class Completed(_message.Message):
     __slots__ = ("image", "output_format", "width", "height", "seed", "credits_charged", "balance")
@@ -92,12 +100,14 @@ class Completed(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., output_format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., credits_charged: _Optional[int] = ..., balance: _Optional[int] = ...) -> None: ...
 
 class Failed(_message.Message):
-    __slots__ = ("error", "refunded")
+    __slots__ = ("error", "refunded", "seed")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REFUNDED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     error: Error
     refunded: bool
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., refunded: _Optional[bool] = ...) -> None: ...
+    seed: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., refunded: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -176,20 +186,22 @@ class GetOptionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Options(_message.Message):
-    __slots__ = ("styles", "sizes", "steps", "guidance", "price_per_image", "output_formats")
+    __slots__ = ("styles", "sizes", "steps", "guidance", "price_per_image", "output_formats", "n")
     STYLES_FIELD_NUMBER: _ClassVar[int]
     SIZES_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     PRICE_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
     styles: _containers.RepeatedCompositeFieldContainer[Style]
     sizes: _containers.RepeatedCompositeFieldContainer[Size]
     steps: IntRange
     guidance: FloatRange
     price_per_image: int
     output_formats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Size, _Mapping]]] = ..., steps: _Optional[_Union[IntRange, _Mapping]] = ..., guidance: _Optional[_Union[FloatRange, _Mapping]] = ..., price_per_image: _Optional[int] = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
+    n: IntRange
+    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ..., sizes: _Optional[_Iterable[_Union[Size, _Mapping]]] = ..., steps: _Optional[_Union[IntRange, _Mapping]] = ..., guidance: _Optional[_Union[FloatRange, _Mapping]] = ..., price_per_image: _Optional[int] = ..., output_formats: _Optional[_Iterable[str]] = ..., n: _Optional[_Union[IntRange, _Mapping]] = ...) -> None: ...
 
 class Style(_message.Message):
     __slots__ = ("id", "name", "prompt_template", "negative_prompt", "default_guidance")

@@ -77,7 +77,7 @@ class ImageServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Submits a job and streams its events until exactly one terminal event.
+        """Submits a job and streams its events until every image has its terminal event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,63 @@
+"""Every service starts the same way and refuses a bad setting or a busy port in one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+# (package, the variable of its main port, a variable that must hold a number)
+SERVICES = [
+    ("talos_gateway", "TALOS_GATEWAY_HTTP_PORT", "TALOS_GATEWAY_QUEUE_BOUND"),
+    ("talos_gateway", "TALOS_GATEWAY_GRPC_PORT", "TALOS_GATEWAY_DRAIN_GRACE_SECONDS"),
+    ("talos_moderation", "TALOS_MODERATION_PORT", "TALOS_MODERATION_ONNX_THREADS"),
+    ("talos_billing", "TALOS_BILLING_PORT", "TALOS_BILLING_POOL_SIZE"),
+]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _run(package: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    zero = {
+        "TALOS_GATEWAY_HTTP_PORT": "0",
+        "TALOS_GATEWAY_GRPC_PORT": "0",
+        "TALOS_GATEWAY_RELAY_PORT": "0",
+        "TALOS_GATEWAY_PEER_PORT": "0",
+        "TALOS_MODERATION_PORT": "0",
+        "TALOS_BILLING_PORT": "0",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", package],
+        env={**os.environ, **zero, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(("package", "port_variable", "number_variable"), SERVICES)
+def test_a_bad_setting_is_one_line_naming_it(package: str, port_variable: str, number_variable: str) -> None:
+    done = _run(package, {number_variable: "many"})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and number_variable in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("package", "port_variable", "number_variable"), SERVICES)
+def test_a_port_in_use_is_one_line_naming_its_variable(
+    package: str, port_variable: str, number_variable: str, busy_port: int, tmp_path: object
+) -> None:
+    done = _run(package, {port_variable: str(busy_port), "TALOS_BILLING_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert port_variable in last and str(busy_port) in last and "Traceback" not in done.stderr, done.stderr
