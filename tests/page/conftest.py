@@ -12,6 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from talos_common.mesh import LocalMesh
+from tests.conftest import mesh_moderation_env
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -140,6 +143,28 @@ def _console(watch: Watch, msg: Any) -> None:
 @pytest.fixture
 def browsing(browser: Any, mesh: Any, tmp_path: Path) -> Iterator[Browsing]:
     session = Browsing(browser, mesh.http_url, tmp_path)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture(scope="package")
+def strict_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """A second mesh whose output classifier flags everything (threshold 0): with 18+ off every
+    live preview is withheld and every image refunded, as for a picture that looks adult."""
+    env = {**mesh_moderation_env(), "TALOS_MODERATION_NSFW_THRESHOLD": "0"}
+    local = LocalMesh(tmp_path_factory.mktemp("strict-mesh"), moderation_env=env)
+    try:
+        local.start(nodes=1)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def strict_browsing(browser: Any, strict_mesh: LocalMesh, tmp_path: Path) -> Iterator[Browsing]:
+    session = Browsing(browser, strict_mesh.http_url, tmp_path)
     try:
         yield session
     finally:

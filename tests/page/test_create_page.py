@@ -10,101 +10,43 @@ import json
 import os
 import re
 import signal
-import struct
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from talos.api.v1 import contract
 from tests.conftest import TEST_RULES
 from tests.page.conftest import PHONE, Browsing
+from tests.page.pages import (
+    DEFAULT_SIZE,
+    DEFAULT_STYLE_NAME,
+    N_MAX,
+    PRICE,
+    RATIOS,
+    RENDER_MS,
+    api_account,
+    gallery_items,
+    generate_button,
+    images_per_generation,
+    open_create,
+    png_size,
+    prompt_box,
+    ratio,
+    ratio_size,
+    record_run_texts,
+    set_advanced,
+    shown_balance,
+    sign_in,
+    tile_result,
+    tile_seeds,
+    tiles,
+    wait_for_result,
+    wait_for_results,
+)
 
 pytestmark = pytest.mark.browser
-
-PRICE = 18
-RENDER_MS = 150_000  # a generous bound for one small render on a busy 2-core machine
-RATIOS = [("Square", 1024, 1024), ("Portrait", 832, 1216), ("Landscape", 1216, 832)]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def open_create(context: Any) -> Page:
-    page = context.new_page()
-    page.goto("/create")
-    page.wait_for_selector("html[data-ready=true]", state="attached")
-    return page
-
-
-def sign_in(page: Page, key: str) -> None:
-    page.get_by_label("API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#studio")).to_be_visible()
-    expect(page.locator("#balance")).not_to_have_text("–")
-
-
-def shown_balance(page: Page) -> int:
-    return int(page.locator("#balance").inner_text().replace(",", ""))
-
-
-def api_account(base_url: str, key: str) -> dict[str, Any]:
-    request = urllib.request.Request(base_url + "/v1/account", headers={"Authorization": f"Bearer {key}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return dict(json.loads(response.read()))
-
-
-def prompt_box(page: Page) -> Any:
-    return page.get_by_label("Prompt", exact=True)
-
-
-def ratio(page: Page, name: str) -> Any:
-    return page.get_by_label(re.compile(f"^{name}"))
-
-
-def set_advanced(page: Page, **fields: str) -> None:
-    if not page.locator("#advanced").evaluate("d => d.open"):
-        page.locator("#advanced summary").click()
-    for label, value in fields.items():
-        page.get_by_label(label, exact=True).fill(value)
-
-
-def record_run_texts(page: Page) -> None:
-    """Keeps every text the status line shows (each assignment adds a new text node)."""
-    page.evaluate(
-        """() => {
-          window.__runTexts = [];
-          const el = document.getElementById('run-text');
-          new MutationObserver((records) => {
-            for (const r of records) for (const n of r.addedNodes) window.__runTexts.push(n.textContent);
-          }).observe(el, {childList: true});
-        }"""
-    )
-
-
-def wait_for_result(page: Page) -> tuple[int, int]:
-    frame = page.locator("#frame")
-    expect(frame).to_have_attribute("data-state", re.compile("done|error"), timeout=RENDER_MS)
-    if page.locator("#error").is_visible():
-        pytest.fail(f"the page showed an error instead of a picture: {page.locator('#error').inner_text()}")
-    result = page.locator("#result")
-    expect(result).to_be_visible()
-    page.wait_for_function("() => document.getElementById('result').complete")
-    width, height = result.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    return int(width), int(height)
-
-
-def gallery_items(page: Page) -> Any:
-    return page.locator("#gallery > li")
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == PNG_SIGNATURE, data[:8]
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
 
 
 def refused_prompt() -> str:
@@ -134,11 +76,12 @@ def test_sign_in_and_generate_each_aspect_ratio(
 
     start = shown_balance(page)
     assert start == api_account(mesh.http_url, account.api_key)["balance"]
-    expect(page.get_by_label("Photo", exact=True)).to_be_checked()
-    expect(ratio(page, "Square")).to_be_checked()
+    expect(page.get_by_label(DEFAULT_STYLE_NAME, exact=True)).to_be_checked()
+    expect(ratio(page, DEFAULT_SIZE.aspect_ratio.capitalize())).to_be_checked()
+    expect(images_per_generation(page, contract.N.default)).to_be_checked()
     expect(page.locator("#nsfw")).not_to_be_checked()
     expect(page.get_by_label("Steps", exact=True)).to_be_hidden()  # Advanced starts collapsed
-    generate = page.get_by_role("button", name=re.compile("^Generate"))
+    generate = generate_button(page)
     expect(generate).to_contain_text(f"{PRICE} credits")
     expect(page.locator("#model-note")).to_contain_text("built-in test model")
     expect(prompt_box(page)).to_be_focused()
@@ -146,10 +89,11 @@ def test_sign_in_and_generate_each_aspect_ratio(
 
     # Keyboard: Tab walks the form in reading order, one stop per radio group.
     order = []
-    for _ in range(5):
+    for _ in range(6):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
-    assert order == ["style-photo", "size-1024x1024", "nsfw", "SUMMARY", "generate"], order
+    groups = [f"style-{contract.DEFAULT_STYLE}", f"size-{contract.DEFAULT_SIZE}", f"n-{contract.N.default}"]
+    assert order == [*groups, "nsfw", "SUMMARY", "generate"], order
     page.keyboard.press("Shift+Tab")
     page.keyboard.press("Enter")  # opens Advanced
     expect(page.get_by_label("Steps", exact=True)).to_be_visible()
@@ -168,6 +112,7 @@ def test_sign_in_and_generate_each_aspect_ratio(
         body = sent.value.post_data_json
         assert isinstance(body, dict)
         assert body["size"] == f"{width}x{height}" and body["steps"] == 2 and body["nsfw"] is False
+        assert body["n"] == 1
         assert "seed" not in body  # empty seed means random
 
         assert wait_for_result(page) == (width, height)
@@ -175,7 +120,7 @@ def test_sign_in_and_generate_each_aspect_ratio(
         texts = page.evaluate("window.__runTexts")
         assert any(re.fullmatch(r"Step [12] of 2", t) for t in texts), texts
         expect(page.locator("#run-text")).to_contain_text("step 2 of 2")
-        assert re.fullmatch(r"\d+", page.locator("#result-seed").inner_text())
+        assert len(tile_seeds(page)) == 1
         expected -= PRICE
         expect(page.locator("#balance")).to_have_text(f"{expected:,}")
         page.screenshot(path=screenshots / f"04-result-{name.lower()}.png")
@@ -203,9 +148,9 @@ def test_cancel_mid_run_refunds(browsing: Browsing, mesh: Any, account: Any, scr
     set_advanced(page, Steps="60")
     ratio(page, "Landscape").check()
     prompt_box(page).fill("candid photo of a harbour in fog, 35mm film, natural light")
-    page.get_by_role("button", name=re.compile("^Generate")).click()
+    generate_button(page).click()
     expect(page.locator("#run-text")).to_have_text(re.compile(r"^Step \d+ of 60$"), timeout=RENDER_MS)
-    expect(page.locator("#preview")).to_be_visible()  # the live preview of that step
+    expect(tiles(page).first.locator(".tile-preview")).to_be_visible()  # the live preview of that step
     page.screenshot(path=screenshots / "03-progress.png")
 
     page.get_by_role("button", name="Cancel").click()
@@ -213,7 +158,8 @@ def test_cancel_mid_run_refunds(browsing: Browsing, mesh: Any, account: Any, scr
     expect(page.locator("#error-text")).to_contain_text("refunded")
     expect(page.locator("#balance")).to_have_text(f"{start:,}")
     assert api_account(mesh.http_url, account.api_key)["balance"] == start
-    expect(page.locator("#result")).to_be_hidden()
+    expect(tile_result(page)).to_be_hidden()
+    expect(tiles(page).first).to_contain_text("Cancelled; refunded")
     expect(gallery_items(page)).to_have_count(0)
     assert any(m == "DELETE" and p.startswith("/v1/jobs/") for m, p in watch.api_calls())
     page.screenshot(path=screenshots / "03-cancelled.png")
@@ -226,7 +172,7 @@ def test_lost_connection_reconnects_then_gives_up_with_a_refund(
     page = open_create(context)
     sign_in(page, account.api_key)
     start = shown_balance(page)
-    generate = page.get_by_role("button", name=re.compile("^Generate"))
+    generate = generate_button(page)
     events = "**/v1/jobs/*/events"
 
     # The first event stream breaks: the page follows the job again and still gets the picture.
@@ -244,7 +190,7 @@ def test_lost_connection_reconnects_then_gives_up_with_a_refund(
     prompt_box(page).fill("candid photo of a tram in the rain, 35mm film")
     record_run_texts(page)
     generate.click()
-    assert wait_for_result(page) == (1024, 1024)
+    assert wait_for_result(page) == (DEFAULT_SIZE.width, DEFAULT_SIZE.height)
     assert len(attempts) >= 2
     assert any("reconnecting" in text for text in page.evaluate("window.__runTexts"))
     charged = start - PRICE
@@ -337,14 +283,15 @@ def test_history_download_reload_and_clear(
     page = open_create(context)
     sign_in(page, account.api_key)
     set_advanced(page, Steps="2")
-    generate = page.get_by_role("button", name=re.compile("^Generate"))
+    generate = generate_button(page)
     prompts = ["candid photo of a red bicycle against a wall", "candid photo of rain on a window, 35mm film"]
     prompt_box(page).fill(prompts[0])
     generate.click()
     wait_for_result(page)
 
     # "Reuse seed" puts the shown seed into the form, and the next request carries it.
-    seed = page.locator("#result-seed").inner_text()
+    (first_seed,) = tile_seeds(page)
+    seed = str(first_seed)
     page.get_by_role("button", name="Reuse seed").click()
     expect(page.get_by_label("Seed", exact=True)).to_have_value(seed)
     expect(page.get_by_label("Seed", exact=True)).to_be_focused()
@@ -354,8 +301,8 @@ def test_history_download_reload_and_clear(
         generate.click()
     reused = sent.value.post_data_json
     assert isinstance(reused, dict) and reused["seed"] == int(seed)
-    assert wait_for_result(page) == (832, 1216)
-    expect(page.locator("#result-seed")).to_have_text(seed)
+    assert wait_for_result(page) == ratio_size("Portrait")
+    assert tile_seeds(page) == [first_seed]
     expect(gallery_items(page)).to_have_count(2)
     expect(gallery_items(page).first).to_contain_text(prompts[1])  # newest first
     page.screenshot(path=screenshots / "06-gallery.png", full_page=True)
@@ -376,7 +323,7 @@ def test_history_download_reload_and_clear(
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.suffix == ".png"
-    assert png_size(saved.read_bytes()) == (832, 1216)
+    assert png_size(saved.read_bytes()) == ratio_size("Portrait")
 
     # Reopen puts the parameters back into the form and shows the picture.
     assert f"seed {seed}" in item.inner_text()
@@ -385,7 +332,8 @@ def test_history_download_reload_and_clear(
     expect(ratio(page, "Square")).to_be_checked()
     expect(page.get_by_label("Steps", exact=True)).to_have_value("2")
     expect(page.get_by_label("Seed", exact=True)).to_have_value(seed)
-    assert wait_for_result(page) == (1024, 1024)
+    assert wait_for_result(page) == ratio_size("Square")
+    assert tile_seeds(page) == [first_seed]
     gallery_items(page).first.get_by_role("button", name=re.compile("^Open")).click()
     expect(prompt_box(page)).to_have_value(prompts[1])
     expect(ratio(page, "Portrait")).to_be_checked()
@@ -412,11 +360,12 @@ def test_refused_prompt_shows_the_policy_and_charges_nothing(
     sign_in(page, account.api_key)
     start = shown_balance(page)
     prompt_box(page).fill(refused_prompt())
-    page.get_by_role("button", name=re.compile("^Generate")).click()
+    generate_button(page).click()
     expect(page.locator("#error")).to_have_attribute("data-code", "content_policy_violation", timeout=30_000)
     expect(page.locator("#error-text")).to_contain_text("refused by the content policy")
     expect(page.locator("#error-text")).to_contain_text("Nothing was charged")
-    expect(page.locator("#result")).to_be_hidden()
+    expect(tiles(page)).to_have_count(0)
+    expect(page.locator("#placeholder")).to_contain_text("No picture this time")
     page.screenshot(path=screenshots / "07-error-policy.png")
     assert shown_balance(page) == start
     assert api_account(mesh.http_url, account.api_key)["balance"] == start
@@ -429,7 +378,7 @@ def test_not_enough_credits_is_said_plainly(browsing: Browsing, mesh: Any, scree
     page = open_create(context)
     sign_in(page, poor.api_key)
     prompt_box(page).fill("candid photo of a quiet street")
-    page.get_by_role("button", name=re.compile("^Generate")).click()
+    generate_button(page).click()
     expect(page.locator("#error")).to_have_attribute("data-code", "insufficient_credits", timeout=30_000)
     expect(page.locator("#error-text")).to_contain_text("Not enough credits")
     assert shown_balance(page) == 10
@@ -449,10 +398,17 @@ def test_phone_width(browsing: Browsing, mesh: Any, account: Any, screenshots: P
     page.screenshot(path=screenshots / "08-phone-form.png", full_page=True)
     set_advanced(page, Steps="2")
     ratio(page, "Portrait").check()
+    images_per_generation(page, N_MAX).check()
     prompt_box(page).fill("candid photo of a cat on a windowsill, natural light")
-    page.get_by_role("button", name=re.compile("^Generate")).click()
-    assert wait_for_result(page) == (832, 1216)
+    generate_button(page).click()
+    assert wait_for_results(page, N_MAX) == [ratio_size("Portrait")] * N_MAX
     assert fits()
+    # Two tiles side by side, each with its own seed and download, nothing cut off.
+    first, second = (tiles(page).nth(i).bounding_box() for i in range(2))
+    assert first and second and first["y"] == second["y"] and first["x"] + first["width"] <= second["x"]
+    for index in range(N_MAX):
+        box = tiles(page).nth(index).get_by_role("link", name=re.compile("^Download")).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
     page.locator("#stage").scroll_into_view_if_needed()
     page.screenshot(path=screenshots / "08-phone-result.png")
     page.screenshot(path=screenshots / "08-phone-full.png", full_page=True)

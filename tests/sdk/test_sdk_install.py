@@ -126,7 +126,14 @@ def test_import_pulls_nothing_heavy(fresh_venv: Path, tmp_path: Path):
     # The installed copy, not the repository's source tree.
     assert Path(result["file"]).is_relative_to(fresh_venv), result["file"]
     modules = set(result["modules"])
-    assert {"grpc", "talos_sdk", "talos.api.v1.api_pb2", "talos.api.v1.errors_pb2"} <= modules
+    # The API contract ships with the SDK (the installed copy is what it imported).
+    assert {
+        "grpc",
+        "talos_sdk",
+        "talos.api.v1.api_pb2",
+        "talos.api.v1.errors_pb2",
+        "talos.api.v1.contract",
+    } <= modules
     assert _offending(modules) == []
 
 
@@ -141,6 +148,8 @@ def test_talos_help_imports_nothing_heavy(fresh_venv: Path, tmp_path: Path):
     assert _offending(modules) == []
 
     sub = _run([str(fresh_venv / "bin" / "talos"), "generate", "--help"], cwd=tmp_path)
-    assert sub.returncode == 0 and "--steps" in sub.stdout and "130" in sub.stdout
+    assert (
+        sub.returncode == 0 and "--steps" in sub.stdout and "--images" in sub.stdout and "130" in sub.stdout
+    )
     usage = _run([str(fresh_venv / "bin" / "talos"), "generate"], cwd=tmp_path)
     assert usage.returncode == 2 and "prompt" in usage.stderr

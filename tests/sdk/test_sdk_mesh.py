@@ -21,11 +21,12 @@ import pytest
 from PIL import Image
 
 import talos_sdk
+from talos.api.v1 import contract
 from talos_common.mesh import Account, LocalMesh
 
 from ..conftest import TEST_RULES
 
-PRICE = 18
+PRICE = contract.PRICE_PER_IMAGE
 CLI_TIMEOUT = 120
 
 
@@ -52,7 +53,7 @@ def _refused_prompt() -> str:
 
 def test_generation_streams_its_events_in_order_and_charges_once(mesh: LocalMesh, account: Account):
     with _client(mesh, account.api_key) as client:
-        stream = client.generate("a lighthouse at dusk", steps=4, seed=123, negative_prompt="fog")
+        stream = client.stream("a lighthouse at dusk", steps=4, seed=123, negative_prompt="fog")
         events = list(stream)
         after = client.account()
 
@@ -65,12 +66,13 @@ def test_generation_streams_its_events_in_order_and_charges_once(mesh: LocalMesh
     assert all(e.total_steps == 4 for e in events if isinstance(e, talos_sdk.Progress))
     assert all(kind == "Progress" for kind in kinds[first_started + 1 : -1]), kinds
     assert len({event.job_id for event in events}) == 1 and stream.job_id == events[0].job_id
+    assert {event.image for event in events} == {0}
 
     done = events[-1]
     assert isinstance(done, talos_sdk.Completed)
     assert done.seed == 123 and done.credits_charged == PRICE and done.output_format == "png"
     assert (done.width, done.height) == (1024, 1024)
-    image = _decode(done.image)
+    image = _decode(done.data)
     assert image.format == "PNG" and image.size == (1024, 1024)
     assert done.balance == 1000 - PRICE == after.spendable
     assert after.balance == 1000 - PRICE and after.price_per_image == PRICE and not after.age_confirmed
@@ -92,7 +94,7 @@ async def test_async_client_generates_with_a_chosen_size_and_format(mesh: LocalM
         account_after = await client.account()
     assert isinstance(seen[-1], talos_sdk.Completed) and seen[-1] is result
     assert any(isinstance(event, talos_sdk.Progress) for event in seen)
-    image = _decode(result.image)
+    image = _decode(result.data)
     assert image.format == "JPEG" and image.size == (832, 1216) == (result.width, result.height)
     assert result.seed == 9 and result.credits_charged == PRICE
     assert account_after.balance == 1000 - PRICE
@@ -107,10 +109,58 @@ def test_submit_watch_and_the_idempotency_key_return_one_job_charged_once(mesh: 
         with pytest.raises(talos_sdk.IdempotencyConflict):
             client.submit("a different boat", steps=2, seed=77, idempotency_key=key)
         watched = client.watch(job_id).result()
-        assert watched.job_id == job_id and watched.seed == 77
+        assert watched.job_id == job_id and [image.seed for image in watched.images] == [77]
         assert client.account().balance == 1000 - PRICE  # charged once
         again = client.generate_image("a paper boat", steps=2, seed=77)
-    assert again.job_id != job_id and again.image == watched.image  # same seed, same picture
+    assert again.job_id != job_id and again.data == watched.images[0].data  # same seed, same picture
+
+
+# -- several images ------------------------------------------------------------------------------
+
+
+def _check_images(result: talos_sdk.Generation, first_seed: int, count: int) -> list[bytes]:
+    assert [(image.image, image.seed) for image in result.images] == [
+        (index, first_seed + index) for index in range(count)
+    ]
+    assert result.failed == () and result.credits_charged == count * PRICE
+    pixels = []
+    for image in result.images:
+        decoded = _decode(image.data)
+        assert decoded.format == "PNG" and decoded.size == (image.width, image.height) == (1024, 1024)
+        pixels.append(decoded.tobytes())
+    assert len(set(pixels)) == count  # each image has its own seed, so its own picture
+    return [image.data for image in result.images]
+
+
+def test_generate_two_images_each_with_its_own_seed_charged_each(mesh: LocalMesh, account: Account):
+    seen: list[talos_sdk.Event] = []
+    with _client(mesh, account.api_key) as client:
+        result = client.generate("two lighthouses", n=2, steps=2, seed=40, on_event=seen.append)
+        after = client.account()
+        second_alone = client.generate_image("two lighthouses", steps=2, seed=41)
+    _check_images(result, 40, 2)
+    assert {event.image for event in seen} == {0, 1} and len({event.job_id for event in seen}) == 1
+    for index in (0, 1):
+        kinds = [type(event).__name__ for event in seen if event.image == index]
+        assert kinds.count("Started") == 1 and kinds[-1] == "Completed", (index, kinds)
+    assert isinstance(seen[-1], talos_sdk.Completed) and result.balance == seen[-1].balance
+    assert after.balance == 1000 - 2 * PRICE == result.balance
+    # Image i of a request is the picture of seed + i asked for alone.
+    assert _decode(second_alone.data).tobytes() == _decode(result.images[1].data).tobytes()
+
+
+def test_submit_and_watch_two_images(mesh: LocalMesh, account: Account):
+    with _client(mesh, account.api_key) as client:
+        job_id = client.submit("two paper boats", n=2, steps=2, seed=900)
+        stream = client.watch(job_id)
+        events = list(stream)
+        result = stream.result()
+        after = client.account()
+    assert result.job_id == job_id and {event.job_id for event in events} == {job_id}
+    _check_images(result, 900, 2)
+    ends = [event for event in events if isinstance(event, talos_sdk.Completed | talos_sdk.Failed)]
+    assert sorted(end.image for end in ends) == [0, 1] and ends[-1] is events[-1]
+    assert after.balance == 1000 - 2 * PRICE
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -273,13 +323,32 @@ def test_cli_generate_writes_a_png_and_prints_seed_and_credits(
     )
     assert webp.returncode == 0, webp.stderr
     info = json.loads(webp.stdout)
-    assert info["output_format"] == "webp" and info["credits_charged"] == PRICE and webp.stderr == ""
+    assert info["credits_charged"] == PRICE and info["refunded"] == [] and webp.stderr == ""
+    assert [(i["image"], i["output_format"], i["path"]) for i in info["images"]] == [
+        (0, "webp", str(tmp_path / "o.webp"))
+    ]
     assert _decode((tmp_path / "o.webp").read_bytes()).format == "WEBP"
 
     shown = _talos(mesh, account.api_key, "account", "--json", cwd=tmp_path)
     assert shown.returncode == 0 and json.loads(shown.stdout)["balance"] == 1000 - 2 * PRICE
     listed = _talos(mesh, None, "options", cwd=tmp_path)
     assert listed.returncode == 0 and "photo" in listed.stdout and "1216x832" in listed.stdout
+
+
+def test_cli_writes_two_images_with_their_seeds(mesh: LocalMesh, account: Account, tmp_path: Path):
+    out = tmp_path / "pair.png"
+    done = _talos(
+        mesh, account.api_key, "generate", "two harbours", "-n", "2", "--steps", "2", "--seed", "61",
+        "-o", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not out.exists()
+    files = [tmp_path / "pair-0.png", tmp_path / "pair-1.png"]
+    assert len({_decode(path.read_bytes()).tobytes() for path in files}) == 2
+    for index, path in enumerate(files):
+        assert f"image {index}: wrote {path} (1024x1024 png), seed: {61 + index}" in done.stdout
+    assert f"credits charged: {2 * PRICE}" in done.stdout and f"balance: {1000 - 2 * PRICE}" in done.stdout
+    assert "step 4/4 100%" in done.stderr  # the progress display counts the steps of both
 
 
 def test_cli_exit_codes_tell_failures_apart(mesh: LocalMesh, account: Account, tmp_path: Path):

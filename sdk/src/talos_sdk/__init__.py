@@ -2,13 +2,16 @@
 
 >>> from talos_sdk import Client
 >>> with Client("tk_...") as client:                       # doctest: +SKIP
-...     image = client.generate_image("a lighthouse at dusk", seed=7)
-...     image.save("lighthouse.png")
+...     result = client.generate("a lighthouse at dusk", n=2, seed=7)
+...     result.save("lighthouse.png")                      # lighthouse-0.png, lighthouse-1.png
 
-Depends on grpcio and protobuf only.
+Depends on grpcio and protobuf only. Sizes, styles, bounds, the price and the error codes are
+those of the API contract, ``talos.api.v1.contract``, which ships with this package.
 """
 
-from talos_sdk._core import DEFAULT_ADDRESS, RetryPolicy, __version__
+from talos_sdk._channel import DEFAULT_ADDRESS
+from talos_sdk._core import RetryPolicy
+from talos_sdk._version import __version__
 from talos_sdk.aio import AsyncClient, AsyncJobStream
 from talos_sdk.client import Client, JobStream
 from talos_sdk.errors import (
@@ -31,22 +34,8 @@ from talos_sdk.errors import (
     Timeout,
     TransientError,
 )
-from talos_sdk.models import (
-    Account,
-    Allowance,
-    Completed,
-    Event,
-    Failed,
-    FloatRange,
-    ImageResult,
-    IntRange,
-    Options,
-    Progress,
-    Queued,
-    Size,
-    Started,
-    Style,
-)
+from talos_sdk.events import Completed, Event, Failed, Generation, Progress, Queued, Started, numbered_path
+from talos_sdk.models import Account, Allowance, FloatRange, IntRange, Options, Size, Style
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -62,8 +51,8 @@ __all__ = [
     "Event",
     "Failed",
     "FloatRange",
+    "Generation",
     "IdempotencyConflict",
-    "ImageResult",
     "InsufficientCredits",
     "IntRange",
     "InternalError",
@@ -88,4 +77,5 @@ __all__ = [
     "Timeout",
     "TransientError",
     "__version__",
+    "numbered_path",
 ]

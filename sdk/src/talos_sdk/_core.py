@@ -21,47 +21,50 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import grpc
 
 from talos.api.v1 import api_pb2
+from talos_sdk import _channel
+from talos_sdk._request import JobOptions, build_request, check_keywords, images_requested
+from talos_sdk._version import __version__
 from talos_sdk.errors import (
     AuthenticationError,
-    InvalidRequest,
+    NoCapacity,
+    RateLimited,
     ServiceUnavailable,
     TalosError,
     error_from_rpc,
 )
-from talos_sdk.models import Completed, Event, Failed, Progress, Queued, Started, event_from_proto
+from talos_sdk.events import (
+    Collector,
+    Completed,
+    Event,
+    Failed,
+    Generation,
+    Progress,
+    Queued,
+    Started,
+    event_from_proto,
+)
 
-__version__ = "0.1.0"
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 ENV_API_KEY = "TALOS_API_KEY"
-ENV_ADDRESS = "TALOS_ADDRESS"
 #: Deadline of a unary call (account, options, submit, cancel, confirm_age), seconds.
 DEFAULT_TIMEOUT = 30.0
-#: Deadline of a whole job stream (queue wait plus render), seconds.
+#: Deadline of a whole job stream (queue wait plus render of every image), seconds.
 DEFAULT_STREAM_TIMEOUT = 600.0
-MAX_IDEMPOTENCY_KEY = 255
 _MiB = 1024 * 1024
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # A PNG of 1216x832 is close to gRPC's default 4 MiB receive limit.
+    # A PNG of the largest size is close to gRPC's default 4 MiB receive limit (api.md: the
+    # gateway sends images up to 32 MiB).
     ("grpc.max_receive_message_length", 64 * _MiB),
     ("grpc.primary_user_agent", f"talos-sdk/{__version__}"),
 ]
 
 _TRANSPORT_STATUSES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-_CAPACITY_CODES = {"no_capacity", "rate_limited"}
-
-
-def resolve_address(address: str | None) -> str:
-    return address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -73,29 +76,15 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
-def new_idempotency_key() -> str:
-    return str(uuid.uuid4())
-
-
-class JobOptions(TypedDict, total=False):
-    """The keyword arguments of ``generate``, ``generate_image`` and ``submit`` (see docs/sdk.md)."""
-
-    negative_prompt: str | None
-    style: str | None
-    size: str | None
-    aspect_ratio: str | None
-    steps: int | None
-    guidance: float | None
-    seed: int | None
-    nsfw: bool
-    output_format: str | None
-    idempotency_key: str | None
-
-
 class ClientOptions(TypedDict, total=False):
     """The keyword arguments of ``Client`` and ``AsyncClient`` besides the key, address and channel."""
 
-    tls: bool
+    #: True: TLS; False: plaintext (explicitly); None: ``$TALOS_TLS``, else TLS unless the
+    #: address is loopback.
+    tls: bool | None
+    #: PEM root certificates to trust instead of the system's (default ``$TALOS_CA_FILE``).
+    ca_file: str | os.PathLike[str] | None
+    #: The same as PEM bytes.
     root_certificates: bytes | None
     #: Deadline of each unary call, seconds (default :data:`DEFAULT_TIMEOUT`).
     timeout: float
@@ -103,55 +92,6 @@ class ClientOptions(TypedDict, total=False):
     stream_timeout: float
     max_retries: int
     connect_retries: int
-
-
-def _check_keywords(given: Mapping[str, Any], allowed: type, where: str) -> None:
-    """Raises TypeError for a keyword ``allowed`` (a TypedDict) does not name, as a signature would."""
-    for name in given:
-        if name not in allowed.__annotations__:
-            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
-
-
-def build_request(prompt: str, options: JobOptions, *, where: str = "generate") -> Any:
-    """A ``talos.api.v1.GenerateRequest``; ranges are checked by the API, types here."""
-    _check_keywords(options, JobOptions, where)
-    if not isinstance(prompt, str):
-        raise InvalidRequest("prompt must be a string", field="prompt")
-    idempotency_key = options.get("idempotency_key")
-    key = idempotency_key if idempotency_key is not None else new_idempotency_key()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequest(
-            f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", field="idempotency_key"
-        )
-    request = api_pb2.GenerateRequest(
-        prompt=prompt,
-        negative_prompt=options.get("negative_prompt") or "",
-        style=options.get("style") or "",
-        size=options.get("size") or "",
-        aspect_ratio=options.get("aspect_ratio") or "",
-        nsfw=bool(options.get("nsfw", False)),
-        output_format=options.get("output_format") or "",
-        idempotency_key=key,
-    )
-    steps, guidance, seed = options.get("steps"), options.get("guidance"), options.get("seed")
-    try:
-        if steps is not None:
-            request.steps = _int("steps", steps)
-        if guidance is not None:
-            request.guidance = float(guidance)
-        if seed is not None:
-            request.seed = _int("seed", seed)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(str(exc)) from None
-    return request
-
-
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{name} must be an integer", field=name)
-    if value < 0:
-        raise InvalidRequest(f"{name} must not be negative", field=name)
-    return value
 
 
 @dataclass(frozen=True)
@@ -174,7 +114,7 @@ class RetryPolicy:
 
 def is_transport(error: TalosError) -> bool:
     """The call may not have reached the API, or its stream broke: safe to send again."""
-    if error.code == "unavailable":
+    if isinstance(error, ServiceUnavailable):
         return True
     return error.transport and error.grpc_code in _TRANSPORT_STATUSES
 
@@ -229,7 +169,7 @@ class UnaryPlan:
             delay = self.policy.backoff(self.connect_attempts)
         elif (
             self.capacity_retries
-            and error.code in _CAPACITY_CODES
+            and isinstance(error, NoCapacity | RateLimited)
             and self.capacity_attempts < self.policy.max_retries
         ):
             self.capacity_attempts += 1
@@ -242,7 +182,11 @@ class UnaryPlan:
 
 
 class StreamPlan(UnaryPlan):
-    """State of one job stream: what was delivered, and whether to resend or re-attach."""
+    """State of one job stream: what each image has shown, and whether to resend or re-attach.
+
+    A reconnect replays each image's latest queued or started event, its latest progress and
+    its end; what the caller has already seen is skipped, image by image.
+    """
 
     def __init__(
         self,
@@ -257,14 +201,23 @@ class StreamPlan(UnaryPlan):
         #: The GenerateRequest of a new job (None when following one with Watch only).
         self.request = request
         self.metadata = metadata
+        #: Images of the job, when this side knows (it does not when only watching).
+        self.images: int | None = images_requested(request) if request is not None else None
         #: "generate" until the job exists somewhere, then "watch".
         self.mode = "watch" if job_id else "generate"
-        self.delivered = False
-        self.terminal: Event | None = None
+        #: Whether any event of the job came back: from then on it is never submitted again.
+        self.received = False
+        #: The terminal event of each image that has ended.
+        self.ended: dict[int, Completed | Failed] = {}
         self.resumes = 0
-        self._started = False
-        self._queued: tuple[int, float] | None = None
-        self._last_step = 0
+        self._started: set[int] = set()
+        self._queued: dict[int, tuple[int, float]] = {}
+        self._last_step: dict[int, int] = {}
+
+    @property
+    def done(self) -> bool:
+        """Every image of the job has ended (known only when the request was sent from here)."""
+        return self.images is not None and len(self.ended) >= self.images
 
     def open(self, stub: Any) -> Any:
         """Starts the next attempt's call (Generate, or Watch once the job exists); does not block."""
@@ -279,30 +232,39 @@ class StreamPlan(UnaryPlan):
 
     def accept(self, event: Event | None) -> Event | None:
         """The event to hand to the caller, or None for an unknown kind or a replayed duplicate."""
-        if event is None or self.terminal is not None:
+        if event is None or self.done or event.image in self.ended:
             return None
         if self.job_id is None:
             self.job_id = event.job_id
+        image = event.image
         if isinstance(event, Queued):
-            if self._started or self._queued == (event.position, event.eta_seconds):
+            if image in self._started or self._queued.get(image) == (event.position, event.eta_seconds):
                 return None
-            self._queued = (event.position, event.eta_seconds)
+            self._queued[image] = (event.position, event.eta_seconds)
         elif isinstance(event, Started):
-            if self._started:
+            if image in self._started:
                 return None
-            self._started = True
+            self._started.add(image)
         elif isinstance(event, Progress):
-            if event.step <= self._last_step:
+            if event.step <= self._last_step.get(image, 0):
                 return None
-            self._last_step = event.step
+            self._last_step[image] = event.step
         else:
-            self.terminal = event
-        self.delivered = True
+            self.ended[image] = event
+        self.received = True
         self.resumes = 0
         return event
 
+    def finished_by_server(self) -> bool:
+        """After the server ended a stream with OK: True when that was the job's end.
+
+        The gateway ends a job's stream only after every image has ended; an image delivered to
+        another watcher of the same job is not replayed, so its end may never come here.
+        """
+        return self.done or bool(self.ended)
+
     def delay_after(self, error: TalosError) -> float | None:
-        if self.mode == "generate" and not self.delivered:
+        if self.mode == "generate" and not self.received:
             return super().delay_after(error)
         # The job exists: never submit it again; follow it with Watch after a broken stream.
         if not self.job_id or not is_transport(error) or self.resumes >= self.policy.connect_retries:
@@ -313,47 +275,42 @@ class StreamPlan(UnaryPlan):
         return delay if delay < self.deadline.remaining() else None
 
     def ended_early(self) -> TalosError:
-        """The error for a stream that closed without a terminal event."""
+        """The error for a stream that closed before the job's end."""
         return ServiceUnavailable(
             "the job stream ended before the job finished", job_id=self.job_id, transport=True
         )
-
-    @staticmethod
-    def is_terminal(event: Event) -> bool:
-        return isinstance(event, Completed | Failed)
-
-
-def finished(event: Event) -> Completed | None:
-    """The image of a Completed event; a Failed event raises its error; None for the others."""
-    if isinstance(event, Completed):
-        return event
-    if isinstance(event, Failed):
-        raise event.error()
-    return None
 
 
 class ClientBase:
     """Settings and per-call plans of :class:`~talos_sdk.Client` and :class:`~talos_sdk.AsyncClient`."""
 
     def __init__(self, api_key: str | None, address: str | None, options: ClientOptions, where: str) -> None:
-        _check_keywords(options, ClientOptions, where)
+        check_keywords(options, ClientOptions, where)
         self.api_key = resolve_api_key(api_key)
-        self.address = resolve_address(address)
+        self.address = _channel.resolve_address(address)
         self.timeout = options.get("timeout", DEFAULT_TIMEOUT)
         self.stream_timeout = options.get("stream_timeout", DEFAULT_STREAM_TIMEOUT)
         self.retry_policy = RetryPolicy(
             connect_retries=options.get("connect_retries", 3),
             max_retries=options.get("max_retries", 0),
         )
-        self._tls = options.get("tls", False)
+        self._tls = options.get("tls")
+        self._ca_file = options.get("ca_file")
         self._root_certificates = options.get("root_certificates")
+        self._transport: _channel.Transport | None = None
+
+    @property
+    def transport(self) -> _channel.Transport:
+        """TLS or plaintext, and the roots trusted (see :mod:`talos_sdk._channel`)."""
+        if self._transport is None:
+            self._transport = _channel.resolve_transport(
+                self.address, self._tls, self._ca_file, self._root_certificates
+            )
+        return self._transport
 
     def _new_channel(self, module: Any) -> Any:
         """A channel from ``grpc`` or ``grpc.aio`` (creating one does not connect)."""
-        if self._tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self._root_certificates)
-            return module.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
-        return module.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return _channel.new_channel(module, self.address, self.transport, CHANNEL_OPTIONS)
 
     def _metadata(self, needs_key: bool = True) -> tuple[tuple[str, str], ...]:
         if needs_key and not self.api_key:
@@ -380,10 +337,10 @@ class ClientBase:
         return UnaryPlan(policy, deadline, capacity_retries=capacity_retries, job_id=job_id)
 
     def _job_plan(
-        self, prompt: str, options: JobOptions, timeout: float | None, max_retries: int | None
+        self, prompt: str, options: JobOptions, timeout: float | None, max_retries: int | None, where: str
     ) -> StreamPlan:
         """The plan of a new job's stream (Generate, then Watch after a break)."""
-        request = build_request(prompt, options, where="generate")
+        request = build_request(prompt, options, where=where)
         metadata = self._metadata()
         deadline = Deadline(timeout if timeout is not None else self.stream_timeout)
         return StreamPlan(self._policy(max_retries), deadline, request=request, metadata=metadata)
@@ -394,12 +351,31 @@ class ClientBase:
         return StreamPlan(self.retry_policy, deadline, metadata=metadata, job_id=job_id)
 
 
+def single_image(options: JobOptions) -> JobOptions:
+    """The options of ``generate_image``: one image, whatever the API's default."""
+    if options.get("n") not in (None, 1):
+        raise TypeError("generate_image() makes one image; use generate(..., n=N) for several")
+    return {**options, "n": 1}
+
+
 class JobStreamBase:
-    """What a job's stream knows without reading it: the plan, hence the job id once known."""
+    """What a job's stream knows besides its events: the plan (hence the job id once known) and
+    the images ended so far, whoever read them."""
 
     def __init__(self, plan: StreamPlan) -> None:
         self._plan = plan
+        self._collector = Collector()
 
     @property
     def job_id(self) -> str | None:
         return self._plan.job_id
+
+    def _seen(self, event: Event) -> Event:
+        self._collector.add(event)
+        return event
+
+    def _generation(self) -> Generation:
+        """The result once the stream has ended (see :meth:`Collector.generation`)."""
+        if not self._plan.ended:
+            raise self._plan.ended_early()
+        return self._collector.generation(self._plan.job_id)

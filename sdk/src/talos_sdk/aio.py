@@ -1,4 +1,4 @@
-"""The asyncio client: ``async with AsyncClient(key) as c: image = await c.generate_image(...)``.
+"""The asyncio client: ``async with AsyncClient(key) as c: result = await c.generate(..., n=2)``.
 
 Only the I/O loops live here; what they decide (requests, retries, resume) is in ``_core``.
 """
@@ -16,7 +16,9 @@ import grpc.aio
 from talos.api.v1 import api_pb2, api_pb2_grpc
 from talos_sdk import _core
 from talos_sdk._core import ClientOptions, JobOptions, StreamPlan
-from talos_sdk.models import Account, Completed, Event, Options
+from talos_sdk._request import build_request
+from talos_sdk.events import Completed, Event, Generation
+from talos_sdk.models import Account, Options
 
 __all__ = ["AsyncClient", "AsyncJobStream"]
 
@@ -40,10 +42,11 @@ class _AsyncClosing:
 
 
 class AsyncJobStream(_core.JobStreamBase, _AsyncClosing):
-    """The events of one job, as an async iterator. Ends after the terminal event.
+    """The events of one job, as an async iterator. Ends after every image's terminal event.
 
     Leaving the loop early ends the call; the gateway then cancels a job started by
-    :meth:`AsyncClient.generate` (its hold is released), while a submitted job goes on.
+    :meth:`AsyncClient.stream` (the holds of its unfinished images are released), while a
+    submitted job goes on.
     """
 
     def __init__(self, client: AsyncClient, plan: StreamPlan, events: AsyncIterator[Event]) -> None:
@@ -55,10 +58,10 @@ class AsyncJobStream(_core.JobStreamBase, _AsyncClosing):
         return self
 
     async def __anext__(self) -> Event:
-        return await self._events.__anext__()
+        return self._seen(await self._events.__anext__())
 
     async def aclose(self) -> None:
-        """Ends the call (a Generate job is then cancelled by the gateway; a submitted one goes on)."""
+        """Ends the call (a streamed job is then cancelled by the gateway; a submitted one goes on)."""
         aclose = getattr(self._events, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -74,20 +77,20 @@ class AsyncJobStream(_core.JobStreamBase, _AsyncClosing):
         await self.aclose()
         return cancelled
 
-    async def result(self) -> Completed:
-        """Reads the stream to its end: the image, or the failure raised as its exception."""
+    async def result(self) -> Generation:
+        """Reads the stream to its end: every image delivered and every image refunded.
+
+        When no image was delivered, the first failure is raised as its exception instead.
+        """
         return await self._result(None)
 
-    async def _result(self, on_event: Callable[[Event], Any] | None) -> Completed:
+    async def _result(self, on_event: Callable[[Event], Any] | None) -> Generation:
         async for event in self:
             if on_event is not None:
                 outcome = on_event(event)
                 if asyncio.iscoroutine(outcome):
                     await outcome
-            image = _core.finished(event)
-            if image is not None:
-                return image
-        raise self._plan.ended_early()
+        return self._generation()
 
 
 class AsyncClient(_core.ClientBase, _AsyncClosing):
@@ -105,6 +108,8 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
         **options: Unpack[ClientOptions],
     ) -> None:
         super().__init__(api_key, address, options, "AsyncClient")
+        if channel is None:
+            _ = self.transport  # a contradicting TLS setting fails here, as with Client
         self._channel: grpc.aio.Channel | None = channel
         self._stub_cache: Any = api_pb2_grpc.ImageServiceStub(channel) if channel is not None else None
 
@@ -144,11 +149,13 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
                     event = plan.receive(message)
                     if event is None:
                         continue
-                    if plan.terminal is not None:
+                    if plan.done:
                         await _drain(call)
                         yield event
                         return
                     yield event
+                if plan.finished_by_server():
+                    return
                 error = plan.ended_early()
             except grpc.RpcError as exc:
                 error = plan.error(exc)
@@ -157,7 +164,7 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
                     call.cancel()
             await asyncio.sleep(plan.retry_delay(error))
 
-    def generate(
+    def stream(
         self,
         prompt: str,
         *,
@@ -165,14 +172,29 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
         max_retries: int | None = None,
         **options: Unpack[JobOptions],
     ) -> AsyncJobStream:
-        """Starts a job; ``async for event in client.generate(...)`` yields its events."""
-        plan = self._job_plan(prompt, options, timeout, max_retries)
+        """Starts a job; ``async for event in client.stream(...)`` yields its events."""
+        plan = self._job_plan(prompt, options, timeout, max_retries, "stream")
         return AsyncJobStream(self, plan, self._stream(plan))
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncJobStream:
         """Follows a job; replays its current state."""
         plan = self._watch_plan(job_id, timeout)
         return AsyncJobStream(self, plan, self._stream(plan))
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        max_retries: int | None = None,
+        on_event: Callable[[Event], Any] | None = None,
+        **options: Unpack[JobOptions],
+    ) -> Generation:
+        """Generates ``n`` images and returns them all; raises when none was delivered.
+        ``on_event`` may be async."""
+        stream = self.stream(prompt, timeout=timeout, max_retries=max_retries, **options)
+        async with stream:
+            return await stream._result(on_event)
 
     async def generate_image(
         self,
@@ -183,10 +205,12 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
         on_event: Callable[[Event], Any] | None = None,
         **options: Unpack[JobOptions],
     ) -> Completed:
-        """Generates one image; a failed job raises its exception. ``on_event`` may be async."""
-        stream = self.generate(prompt, timeout=timeout, max_retries=max_retries, **options)
-        async with stream:
-            return await stream._result(on_event)
+        """One image; its failure is raised as its exception."""
+        options = _core.single_image(options)
+        result = await self.generate(
+            prompt, timeout=timeout, max_retries=max_retries, on_event=on_event, **options
+        )
+        return result.images[0]
 
     async def submit(
         self,
@@ -197,7 +221,7 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
         **options: Unpack[JobOptions],
     ) -> str:
         """Submits a job and returns its id at once; follow it with :meth:`watch`."""
-        request = _core.build_request(prompt, options, where="submit")
+        request = build_request(prompt, options, where="submit")
         response = await self._unary(
             "Submit", request, timeout=timeout, max_retries=max_retries, capacity_retries=True
         )
@@ -233,7 +257,7 @@ class AsyncClient(_core.ClientBase, _AsyncClosing):
 
 
 async def _drain(call: Any) -> None:
-    """Reads a stream to its end after the terminal event, so the server ends the call itself."""
+    """Reads a stream to its end after the last terminal event, so the server ends the call itself."""
     try:
         async for _ in call:
             pass

@@ -1,4 +1,4 @@
-"""The blocking client: ``Client(api_key).generate_image("a lighthouse at dusk")``.
+"""The blocking client: ``Client(api_key).generate("a lighthouse at dusk", n=2).images``.
 
 Only the I/O loops live here; what they decide (requests, retries, resume) is in ``_core``.
 """
@@ -15,7 +15,9 @@ import grpc
 from talos.api.v1 import api_pb2, api_pb2_grpc
 from talos_sdk import _core
 from talos_sdk._core import ClientOptions, JobOptions, StreamPlan
-from talos_sdk.models import Account, Completed, Event, Options
+from talos_sdk._request import build_request
+from talos_sdk.events import Completed, Event, Generation
+from talos_sdk.models import Account, Options
 
 __all__ = ["Client", "JobStream"]
 
@@ -39,12 +41,12 @@ class _Closing:
 
 
 class JobStream(_core.JobStreamBase, _Closing):
-    """The events of one job, as an iterator. Ends after the terminal event.
+    """The events of one job, as an iterator. Ends after every image's terminal event.
 
     ``job_id`` is known from the first event on. Leaving the loop early (``break``, an
     exception, ``close()``) ends the call; the gateway then cancels a job started by
-    :meth:`Client.generate` (its hold is released), while a job from :meth:`Client.submit`
-    goes on. :meth:`cancel` cancels the job explicitly.
+    :meth:`Client.stream` (the holds of its unfinished images are released), while a job from
+    :meth:`Client.submit` goes on. :meth:`cancel` cancels the job explicitly.
     """
 
     def __init__(self, client: Client, plan: StreamPlan, events: Iterator[Event]) -> None:
@@ -56,10 +58,10 @@ class JobStream(_core.JobStreamBase, _Closing):
         return self
 
     def __next__(self) -> Event:
-        return next(self._events)
+        return self._seen(next(self._events))
 
     def close(self) -> None:
-        """Ends the call (a Generate job is then cancelled by the gateway; a submitted one goes on)."""
+        """Ends the call (a streamed job is then cancelled by the gateway; a submitted one goes on)."""
         close = getattr(self._events, "close", None)
         if close is not None:
             close()
@@ -72,26 +74,28 @@ class JobStream(_core.JobStreamBase, _Closing):
         self.close()
         return cancelled
 
-    def result(self) -> Completed:
-        """Reads the stream to its end: the image, or the failure raised as its exception."""
+    def result(self) -> Generation:
+        """Reads the stream to its end: every image delivered and every image refunded.
+
+        When no image was delivered, the first failure is raised as its exception instead.
+        """
         return self._result(None)
 
-    def _result(self, on_event: Callable[[Event], None] | None) -> Completed:
+    def _result(self, on_event: Callable[[Event], None] | None) -> Generation:
         for event in self:
             if on_event is not None:
                 on_event(event)
-            image = _core.finished(event)
-            if image is not None:
-                return image
-        raise self._plan.ended_early()
+        return self._generation()
 
 
 class Client(_core.ClientBase, _Closing):
     """A blocking TALOS client over one gRPC channel. Thread-safe; close it when done.
 
     ``api_key`` defaults to ``$TALOS_API_KEY``, ``address`` to ``$TALOS_ADDRESS`` or
-    127.0.0.1:50051. Keyword options (:class:`talos_sdk._core.ClientOptions`): ``tls=False``,
-    ``root_certificates=None``, ``timeout=30`` (the deadline of each unary call),
+    127.0.0.1:50051. Keyword options (:class:`talos_sdk._core.ClientOptions`): ``tls=None``
+    (TLS unless the address is loopback; ``$TALOS_TLS``), ``ca_file=None`` (PEM roots to trust
+    instead of the system's; ``$TALOS_CA_FILE``), ``root_certificates=None`` (the same as
+    bytes), ``timeout=30`` (the deadline of each unary call),
     ``stream_timeout=600`` (of a whole job stream), ``max_retries=0`` (opts in to retrying
     ``no_capacity`` and ``rate_limited`` after the server's retry-after) and
     ``connect_retries=3`` (calls that did not reach the API are always retried, with the same
@@ -138,11 +142,13 @@ class Client(_core.ClientBase, _Closing):
                     event = plan.receive(message)
                     if event is None:
                         continue
-                    if plan.terminal is not None:
+                    if plan.done:
                         _drain(call)
                         yield event
                         return
                     yield event
+                if plan.finished_by_server():
+                    return
                 error = plan.ended_early()
             except grpc.RpcError as exc:
                 error = plan.error(exc)
@@ -153,7 +159,7 @@ class Client(_core.ClientBase, _Closing):
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def generate(
+    def stream(
         self,
         prompt: str,
         *,
@@ -161,21 +167,42 @@ class Client(_core.ClientBase, _Closing):
         max_retries: int | None = None,
         **options: Unpack[JobOptions],
     ) -> JobStream:
-        """Starts a job and returns its events: Queued*, Started, Progress*, then Completed or Failed.
+        """Starts a job and returns its events: for each image Queued*, Started, Progress*, then
+        Completed or Failed (they interleave when ``n`` > 1; each names its ``image``).
 
         ``options`` are those of :class:`talos_sdk._core.JobOptions` (negative_prompt, style,
-        size, aspect_ratio, steps, guidance, seed, nsfw, output_format, idempotency_key).
-        Errors before the job exists (bad key, invalid request, content policy, no
-        credits...) raise from the first ``next()``; a job that fails later ends with a
-        :class:`Failed` event (use :meth:`generate_image` to have it raised).
+        size, aspect_ratio, n, steps, guidance, seed, nsfw, output_format, output_compression,
+        idempotency_key). Errors before the job exists (bad key, invalid request, content
+        policy, no credits...) raise from the first ``next()``; an image that fails later ends
+        with a :class:`Failed` event.
         """
-        plan = self._job_plan(prompt, options, timeout, max_retries)
+        plan = self._job_plan(prompt, options, timeout, max_retries, "stream")
         return JobStream(self, plan, self._stream(plan))
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> JobStream:
         """Follows a job (from :meth:`submit`, or after a lost connection); replays its current state."""
         plan = self._watch_plan(job_id, timeout)
         return JobStream(self, plan, self._stream(plan))
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        **options: Unpack[JobOptions],
+    ) -> Generation:
+        """Generates ``n`` images (options as :meth:`stream`) and returns them all.
+
+        The :class:`Generation` lists the images delivered (``images``) and those refunded
+        (``failed``, with their error code); when none was delivered, the first failure is
+        raised (:class:`OutputBlocked`, :class:`Timeout`...). ``on_event`` sees every event on
+        the way, e.g. to show progress.
+        """
+        stream = self.stream(prompt, timeout=timeout, max_retries=max_retries, **options)
+        with stream:
+            return stream._result(on_event)
 
     def generate_image(
         self,
@@ -186,15 +213,10 @@ class Client(_core.ClientBase, _Closing):
         on_event: Callable[[Event], None] | None = None,
         **options: Unpack[JobOptions],
     ) -> Completed:
-        """Generates one image and returns it (bytes, seed, credits charged, balance, size).
-
-        Takes the options of :meth:`generate`. A failed job raises its exception
-        (:class:`OutputBlocked`, :class:`Timeout`...). ``on_event`` sees every event on the
-        way, e.g. to show progress.
-        """
-        stream = self.generate(prompt, timeout=timeout, max_retries=max_retries, **options)
-        with stream:
-            return stream._result(on_event)
+        """One image: ``generate(..., n=1).images[0]``; its failure is raised as its exception."""
+        options = _core.single_image(options)
+        result = self.generate(prompt, timeout=timeout, max_retries=max_retries, on_event=on_event, **options)
+        return result.images[0]
 
     def submit(
         self,
@@ -204,8 +226,8 @@ class Client(_core.ClientBase, _Closing):
         max_retries: int | None = None,
         **options: Unpack[JobOptions],
     ) -> str:
-        """Submits a job (options as :meth:`generate`) and returns its id at once; see :meth:`watch`."""
-        request = _core.build_request(prompt, options, where="submit")
+        """Submits a job (options as :meth:`stream`) and returns its id at once; see :meth:`watch`."""
+        request = build_request(prompt, options, where="submit")
         response = self._unary(
             self._stub.Submit, request, timeout=timeout, max_retries=max_retries, capacity_retries=True
         )
@@ -246,7 +268,7 @@ class Client(_core.ClientBase, _Closing):
 
 
 def _drain(call: Any) -> None:
-    """Reads a stream to its end after the terminal event, so the server ends the call itself.
+    """Reads a stream to its end after the last terminal event, so the server ends the call itself.
 
     Cancelling instead could reach the gateway before it has marked the result delivered.
     """

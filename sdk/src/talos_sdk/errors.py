@@ -1,5 +1,9 @@
 """The SDK's exceptions, one class per API error code, and how gRPC failures map to them.
 
+The codes, and which of them are worth retrying, come from the API contract
+(``talos.api.v1.contract.ERRORS``): a class names its code, takes ``retryable`` from there,
+and a class for a code the contract does not declare fails at import.
+
 The gateway answers a failed call with a gRPC status whose ``grpc-status-details-bin``
 trailer holds a ``google.rpc.Status`` carrying one ``google.rpc.ErrorInfo``; its ``reason``
 is the API error code (the same string as over HTTP). The SDK reads that trailer with the
@@ -14,7 +18,7 @@ from typing import Any, TypedDict, Unpack
 
 import grpc
 
-from talos.api.v1 import errors_pb2
+from talos.api.v1 import contract, errors_pb2
 
 __all__ = [
     "AgeConfirmationRequired",
@@ -35,6 +39,7 @@ __all__ = [
     "TalosError",
     "Timeout",
     "TransientError",
+    "error_class",
     "error_for_code",
     "error_from_rpc",
 ]
@@ -61,7 +66,7 @@ class TalosError(Exception):
 
     #: The API error code this class stands for (subclasses set it).
     default_code = "internal"
-    #: Whether the same request may succeed later without any change.
+    #: Whether the same request may succeed later without any change (from the contract).
     retryable = False
 
     def __init__(
@@ -91,7 +96,11 @@ class TalosError(Exception):
     def __init_subclass__(cls, code: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if code is not None:  # the class that stands for an API error code
+            declared = contract.ERROR_BY_CODE.get(code)
+            if declared is None:
+                raise TypeError(f"{cls.__name__}: {code!r} is not an error code of the API contract")
             cls.default_code = code
+            cls.retryable = declared.retryable
             _BY_CODE[code] = cls
 
     def __str__(self) -> str:
@@ -146,7 +155,8 @@ class JobCancelled(TalosError, code="cancelled"):
 
 
 class TransientError(TalosError):
-    """Base of the failures that may pass if the same request is sent again later."""
+    """Base of the failures that may pass if the same request is sent again later: the codes the
+    contract marks retryable."""
 
     retryable = True
 
@@ -167,11 +177,12 @@ class ServiceUnavailable(TransientError, code="unavailable"):
     """The gateway (or a service behind it) could not be reached."""
 
 
-class InternalError(TransientError, code="internal"):
+class InternalError(TalosError, code="internal"):
     """The service failed unexpectedly; a job that failed this way was refunded."""
 
 
-# A status without ErrorInfo: what gRPC itself (or a proxy) meant by it.
+# A status without ErrorInfo comes from gRPC itself or a proxy, not from the API: what they mean
+# by it. (The contract's own status of each code is for errors the API sends, with ErrorInfo.)
 _BY_STATUS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.INVALID_ARGUMENT: "invalid_request",
     grpc.StatusCode.OUT_OF_RANGE: "invalid_request",
@@ -187,9 +198,14 @@ _BY_STATUS: dict[grpc.StatusCode, str] = {
 }
 
 
+def error_class(code: str) -> type[TalosError]:
+    """The exception class of an API error code; :class:`TalosError` for a code this SDK does not know."""
+    return _BY_CODE.get(code, TalosError)
+
+
 def error_for_code(code: str, message: str, **details: Unpack[ErrorDetails]) -> TalosError:
     """The exception for an API error code; an unknown code gives a plain :class:`TalosError`."""
-    return _BY_CODE.get(code, TalosError)(message, code=code, **details)
+    return error_class(code)(message, code=code, **details)
 
 
 def _trailer(error: Any) -> bytes | None:

@@ -5,8 +5,9 @@ their types, bounds, defaults and descriptions; the sizes, styles, output format
 levels; the events a job streams and the bodies the HTTP API answers; the error codes. The
 gateway parses HTTP and gRPC requests with :func:`parse_generation`, answers ``/v1/options``
 from :func:`options` and generates its OpenAPI document from these declarations; the SDK and
-the ``talos`` CLI take their constants and help text from here. The proto comments, the page
-and ``docs/api.md`` hold copies that the test suite compares with this module.
+the ``talos`` CLI take their constants and help text from here, and the page builds its form
+from ``/v1/options``. The proto comments and ``docs/api.md`` hold copies that the test suite
+compares with this module.
 
 Pure Python with no dependencies, so the SDK ships it as it is.
 """
@@ -65,13 +66,14 @@ from talos.api.v1.contract.fields import (
     STYLE,
     USER,
     Field,
+    Generation,
+    JobOptions,
     Kind,
     N,
     number_text,
     options,
 )
 from talos.api.v1.contract.requests import (
-    Generation,
     InvalidRequest,
     check_idempotency_key,
     grpc_values,
@@ -148,6 +150,7 @@ __all__ = [
     "Field",
     "Generation",
     "InvalidRequest",
+    "JobOptions",
     "Kind",
     "N",
     "Prop",

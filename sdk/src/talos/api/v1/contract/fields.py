@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from talos.api.v1.contract.choices import (
     DEFAULT_SIZE,
@@ -57,6 +57,22 @@ class Field:
     @property
     def accepted(self) -> tuple[str, ...]:
         return self.choices + tuple(self.aliases)
+
+    def summary(self) -> dict[str, Any]:
+        """The field as ``/v1/options`` describes it: words for people, numbers for forms."""
+        out: dict[str, Any] = {
+            "type": self.kind,
+            "description": self.description,
+            "bounds": self.bounds_text(),
+        }
+        if self.required:
+            out["required"] = True
+        for name in ("minimum", "maximum", "max_length", "default"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.accepted:
+            out["choices"] = list(self.accepted)
+        return out
 
     def bounds_text(self) -> str:
         """The bounds in words, as the proto comments, the CLI help and the docs state them."""
@@ -119,7 +135,7 @@ ASPECT_RATIO = Field(
 N = Field(
     "n",
     "integer",
-    "Images to make from this prompt; each is held, charged and refunded on its own.",
+    "Images to make from this prompt; each is charged only if it is delivered.",
     default=1,
     minimum=1,
     maximum=4,
@@ -322,10 +338,7 @@ def options(style_texts: Mapping[str, tuple[str, str]] | None = None) -> dict[st
         "output_compression": {"min": 0, "max": 100},
         "price_per_image": PRICE_PER_IMAGE,
         "model": MODEL_ID,
-        "fields": {
-            f.name: {"type": f.kind, "description": f.description, "bounds": f.bounds_text()}
-            for f in REQUEST_FIELDS
-        },
+        "fields": {f.name: f.summary() for f in REQUEST_FIELDS},
     }
 
 
@@ -371,6 +384,27 @@ class Generation:
         """Identifies the request for idempotency checks; the only thing kept of it."""
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class JobOptions(TypedDict, total=False):
+    """The gRPC fields besides the prompt, typed, as the SDK's ``generate``/``submit`` take them.
+
+    None (or leaving one out) means the API's default; a test checks these are exactly the
+    gRPC fields declared above.
+    """
+
+    negative_prompt: str | None
+    style: str | None
+    size: str | None
+    aspect_ratio: str | None
+    n: int | None
+    steps: int | None
+    guidance: float | None
+    seed: int | None
+    nsfw: bool | None
+    output_format: str | None
+    output_compression: int | None
+    idempotency_key: str | None
 
 
 GENERATION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Generation))
