@@ -10,16 +10,21 @@ import asyncio
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from PIL import Image
 
 from talos.api.v1.contract import PRICE_PER_IMAGE
 from talos.billing.v1.billing_pb2 import HOLD_STATE_CAPTURED as CAPTURED
 from talos.billing.v1.billing_pb2 import HOLD_STATE_HELD as HELD
 from talos.billing.v1.billing_pb2 import HOLD_STATE_RELEASED as RELEASED
+from talos_sdk import Client, Generation
+from talos_sdk.errors import TalosError as TalosSDKError
 from tests.relay.peer import preview_jpeg
+from tests.tlsca import TestCA
 
 from .conftest import MakeStack
 from .stack import Stack
@@ -204,3 +209,26 @@ async def test_the_charge_follows_delivery(make_stack: MakeStack) -> None:
     assert events[-1][0] == "completed"
     assert await _holds_settled(stack, taken["job_id"], 1) == [CAPTURED]
     assert await stack.spendable(account_id) == 1000 - PRICE_PER_IMAGE
+
+
+async def test_the_sdk_reaches_a_tls_public_api(make_stack: MakeStack, tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    issued = ca.issue("gateway")
+    stack = await make_stack(grpc_tls_cert_file=issued.cert, grpc_tls_key_file=issued.key)
+    await stack.node()
+    _, key = await stack.account(1000)
+    address = stack.grpc_addr.replace("127.0.0.1", "localhost")
+
+    def generate() -> Generation:
+        with Client(key, address, ca_file=str(ca.cert)) as client:
+            return client.generate("a lighthouse over TLS", steps=2, n=2)
+
+    result = await asyncio.to_thread(generate)
+    assert [image.seed for image in result.images] == [result.images[0].seed, result.images[0].seed + 1]
+
+    def plaintext() -> None:
+        with Client(key, address, tls=False) as client:
+            client.options(timeout=5)
+
+    with pytest.raises(TalosSDKError):
+        await asyncio.to_thread(plaintext)
