@@ -6,8 +6,13 @@ Targets (design brief): prompt check p99 <= 1 ms; image classification p50 <= 50
 core for a 1024x1024 image. The process pins itself to one core (``--cpu``, default: the first
 it may use) and onnxruntime runs with one intra-op thread and spinning off, as the service does.
 Prompts are the benign set (tests/moderation/benign_prompts.json) expanded through every
-gateway style preset when the gateway package is importable, plus prompts the real rules block
-(composed at run time from the rule file's own lists), checked with the real packaged rules.
+gateway style preset when the gateway package is importable, plus the violating development cases
+(tests/moderation/dev_cases.jsonl), checked with the real packaged rules.
+
+Per language it prints recall and false-block rate over the held-out evaluation set
+(tests/moderation/eval/{violating,benign}.jsonl, when present) and over the development cases,
+and the prompt-check p50/p99 (CPU time on the pinned core, word caches warm, each text worked out
+afresh) over that language's prompts.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from talos_moderation.classifier import NsfwClassifier, preprocess
 from talos_moderation.config import Settings
 from talos_moderation.images import decode
 from talos_moderation.policy import PromptPolicy
-from talos_moderation.policy.rules import packaged_rules_text
 from talos_moderation.service import ImageChecker
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.moderation.evaluation import Case, evaluate, load_cases  # noqa: E402
+
+EVAL = REPO / "tests/moderation/eval"
+DEV = REPO / "tests/moderation/dev_cases.jsonl"
 PromptCase = tuple[str, str, str, str]
 
 
@@ -48,9 +57,9 @@ def prompt_cases() -> list[PromptCase]:
     benign = json.loads((REPO / "tests/moderation/benign_prompts.json").read_text("utf-8"))["prompts"]
     styles: list[tuple[Callable[[str], str], Callable[[str], str]]] = []
     try:
-        from talos_gateway.styles import STYLES
+        from talos_gateway.styles import PRESETS
 
-        styles = [(s.final_prompt, s.final_negative) for s in STYLES.values()]
+        styles = [(s.final_prompt, s.final_negative) for s in PRESETS.values()]
     except ImportError:
         styles = [(lambda p: f"{p}, highly detailed", lambda n: f"lowres, blurry, {n}")]
     cases: list[PromptCase] = []
@@ -64,12 +73,9 @@ def prompt_cases() -> list[PromptCase]:
                     final_negative(item["negative_prompt"]),
                 )
             )
-    rules = json.loads(packaged_rules_text())
-    for i, minor in enumerate(rules["minor_terms"]):
-        sexual = rules["sexual_terms"][i % len(rules["sexual_terms"])]
-        prompt = f"a photo of a {minor} in a garden, {sexual}, soft light"
+    for i, case in enumerate(c for c in load_cases(DEV) if c.violating):
         final, final_negative = styles[i % len(styles)]
-        cases.append((prompt, "", final(prompt), final_negative("")))
+        cases.append((case.text, case.negative, final(case.text), final_negative(case.negative)))
     return cases
 
 
@@ -125,6 +131,57 @@ def bench_prompts(n: int, *, memo: bool) -> dict[str, float]:
         "cpu_p50_ms": pct(cpu, 50),
         "cpu_p99_ms": pct(cpu, 99),
     }
+
+
+def eval_cases() -> tuple[list[Case], list[Case]]:
+    """(held-out cases, or [] when the set is not there yet; development cases)."""
+    held_out: list[Case] = []
+    if (EVAL / "violating.jsonl").is_file() and (EVAL / "benign.jsonl").is_file():
+        held_out = [*load_cases(EVAL / "violating.jsonl", True), *load_cases(EVAL / "benign.jsonl", False)]
+    return held_out, load_cases(DEV)
+
+
+def bench_languages(cases: list[Case], n: int) -> dict[str, tuple[float, float]]:
+    """Per language: (p50, p99) CPU milliseconds of one check, each text worked out afresh."""
+    policy = PromptPolicy.load(None)
+    by_lang: dict[str, list[Case]] = {}
+    for case in cases:
+        by_lang.setdefault(case.lang, []).append(case)
+    out: dict[str, tuple[float, float]] = {}
+    gc.collect()
+    gc.freeze()
+    for lang, items in sorted(by_lang.items()):
+        for case in items:  # warm the word caches with the language's words
+            policy.check(case.text, case.negative)
+        cpu: list[float] = []
+        for i in range(n):
+            case = items[i % len(items)]
+            policy._memo.clear()
+            start = time.thread_time_ns()
+            policy.check(f"{case.text}, {_tag(i)}", case.negative)
+            cpu.append((time.thread_time_ns() - start) / 1e6)
+        out[lang] = (pct(cpu, 50), pct(cpu, 99))
+    gc.unfreeze()
+    return out
+
+
+def print_languages(n: int) -> None:
+    held_out, dev = eval_cases()
+    policy = PromptPolicy.load(None)
+    sets = [("held-out evaluation set", held_out), ("development cases", dev)]
+    if not held_out:
+        print(f"held-out evaluation set: not present ({EVAL.relative_to(REPO)}/{{violating,benign}}.jsonl)")
+    for title, cases in sets:
+        if cases:
+            print(f"{title} (rules {policy.version}):")
+            print(evaluate(policy, cases).table())
+    timing = bench_languages([*held_out, *dev], n)
+    worst = max(p99 for _, p99 in timing.values())
+    ok = "OK" if worst <= 1.0 else "MISSED"
+    print(f"prompt check per language (CPU time, 1 core, {n} checks each, no text cache):")
+    for lang, (p50, p99) in timing.items():
+        print(f"  {lang:4} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+    print(f"  worst p99 {worst:.3f} ms  [target p99 <= 1 ms in every language: {ok}]")
 
 
 def bench_grpc(n: int) -> dict[str, float]:
@@ -248,6 +305,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20_000)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--grpc", action="store_true", help="also time CheckPrompt over loopback gRPC")
+    parser.add_argument("--per-language", type=int, default=2000, help="checks per language (0: skip)")
+    parser.add_argument("--prompts-only", action="store_true", help="skip the image classification part")
     args = parser.parse_args()
 
     allowed = sorted(os.sched_getaffinity(0))
@@ -270,9 +329,14 @@ def main() -> None:
             f"CPU time p50 {prompts['cpu_p50_ms']:.3f} ms  p99 {prompts['cpu_p99_ms']:.3f} ms  "
             f"[target p99 <= 1 ms: wall {ok}, CPU {cpu_ok}]"
         )
+    if args.per_language:
+        print_languages(args.per_language)
     if args.grpc:
         over = bench_grpc(min(args.prompts, 3000))
         print(f"CheckPrompt over loopback gRPC: p50 {over['p50_ms']:.3f} ms  p99 {over['p99_ms']:.3f} ms")
+    if args.prompts_only:
+        sys.stdout.flush()
+        return
 
     images = bench_images(args.images)
     for fmt, r in images.items():

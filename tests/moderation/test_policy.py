@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from talos_moderation.policy import MINOR_SEXUAL, NONE, POLICY_UNAVAILABLE, PROMPT_TOO_LONG, PromptPolicy
-from talos_moderation.policy.rules import packaged_rules_text
+from talos_moderation.policy.rules import LISTS, load_documents
 
 from .conftest import TEST_RULES
 
@@ -129,14 +129,57 @@ class TestFailClosed:
         assert verdict.blocked and verdict.category == PROMPT_TOO_LONG
 
 
+def realise(entry: str, suffixes: list[str]) -> str:
+    """A rule entry as a prompt would write it: ``stem+`` takes the language's first suffix."""
+    words = []
+    for piece in entry.split():
+        if piece.endswith("+") and len(piece) > 1:
+            piece = piece[:-1] + suffixes[0]
+        elif piece.endswith("*") and len(piece) > 1:
+            piece = piece[:-1]
+        words.append(piece)
+    return " ".join(words)
+
+
+class PackagedTerms:
+    """Every entry of the shipped rule files, with its language, as a prompt would write it."""
+
+    def __init__(self) -> None:
+        self.by_list: dict[str, list[tuple[str, str]]] = {}  # list -> (text, language)
+        self.strong_sexual: dict[str, str] = {}
+        self.strong_minors: dict[str, str] = {}
+        self.emoji: dict[str, list[str]] = {"minor_emoji": [], "sexual_emoji": []}
+        for _, doc in load_documents(None):
+            lang = doc.get("language", "")
+            suffixes = doc.get("suffixes", []) or [""]
+            for list_name in LISTS:
+                for key in (f"{list_name}_terms", f"{list_name}_weak_terms"):
+                    for entry in doc.get(key, []):
+                        self.by_list.setdefault(list_name, []).append((realise(entry, suffixes), lang))
+            if doc.get("sexual_terms"):
+                self.strong_sexual.setdefault(lang, realise(doc["sexual_terms"][0], suffixes))
+            if doc.get("minor_terms"):
+                self.strong_minors.setdefault(lang, realise(doc["minor_terms"][0], suffixes))
+            for key, items in self.emoji.items():
+                items += doc.get(key, [])
+        self.strong_minor = next(t for t, lang in self.by_list["minor"] if lang == "en")
+
+    def sexual_for(self, lang: str) -> str:
+        """A sexual term of the same language: it also shows the language for weak terms."""
+        return self.strong_sexual.get(lang) or self.strong_sexual["en"]
+
+    def minor_for(self, lang: str) -> str:
+        """A minor term of the same language: it also shows the language for weak terms."""
+        return self.strong_minors.get(lang) or self.strong_minor
+
+
 class TestPackagedRules:
-    """The shipped rule file works for its real purpose. Prompts are composed at run time from
-    the file's own lists, so this test's source spells out nothing."""
+    """The shipped rule files work for their real purpose. Prompts are composed at run time from
+    the files' own lists, so this test's source spells out nothing."""
 
     @pytest.fixture(scope="class")
-    def data(self) -> dict[str, list[str]]:
-        loaded: dict[str, list[str]] = json.loads(packaged_rules_text())
-        return loaded
+    def data(self) -> PackagedTerms:
+        return PackagedTerms()
 
     @pytest.fixture(scope="class")
     def real(self) -> PromptPolicy:
@@ -144,29 +187,39 @@ class TestPackagedRules:
         assert policy.available, policy.error
         return policy
 
-    def test_has_a_version(self, real: PromptPolicy) -> None:
+    def test_has_a_version_and_many_languages(self, real: PromptPolicy) -> None:
         assert real.version and real.version != "unavailable"
+        assert real.rules is not None and len(real.rules.languages) >= 30
 
-    def test_every_minor_term_pairs_with_a_sexual_term(self, real: PromptPolicy, data: dict) -> None:
-        sexual = data["sexual_terms"][0]
-        missed = [m for m in data["minor_terms"] if not real.check(f"a {m}, {sexual}").blocked]
-        alone = [m for m in data["minor_terms"] if real.check(f"a {m} in a garden").blocked]
+    def test_every_minor_term_pairs_with_a_sexual_term(self, real: PromptPolicy, data: PackagedTerms) -> None:
+        terms = data.by_list["minor"]
+        missed = [(m, lang) for m, lang in terms if not real.check(f"{m}, {data.sexual_for(lang)}").blocked]
+        alone = [(m, lang) for m, lang in terms if real.check(f"{m} 🌳").blocked]
         assert missed == [] and alone == []
 
-    def test_every_sexual_term_pairs_with_a_minor_term(self, real: PromptPolicy, data: dict) -> None:
-        minor = data["minor_terms"][0]
-        missed = [s for s in data["sexual_terms"] if not real.check(f"a {minor}, {s}").blocked]
-        alone = [s for s in data["sexual_terms"] if real.check(f"an adult, {s}").blocked]
+    def test_every_sexual_term_pairs_with_a_minor_term(self, real: PromptPolicy, data: PackagedTerms) -> None:
+        terms = data.by_list["sexual"]
+        missed = [(s, lang) for s, lang in terms if not real.check(f"{data.minor_for(lang)}, {s}").blocked]
+        alone = [(s, lang) for s, lang in terms if real.check(f"{s} 🌳").blocked]
         assert missed == [] and alone == []
 
-    def test_standalone_terms_and_emoji(self, real: PromptPolicy, data: dict) -> None:
-        assert all(real.check(t).blocked for t in data["standalone_terms"])
-        sexual = data["sexual_terms"][0]
-        assert all(real.check(f"{e} {sexual}").blocked for e in data["minor_emoji"])
+    def test_standalone_terms_and_emoji(self, real: PromptPolicy, data: PackagedTerms) -> None:
+        assert [t for t, _ in data.by_list["standalone"] if not real.check(t).blocked] == []
+        sexual = data.sexual_for("en")
+        assert all(real.check(f"{e} {sexual}").blocked for e in data.emoji["minor_emoji"])
 
-    def test_negative_steering_lists(self, real: PromptPolicy, data: dict) -> None:
-        minor, sexual = data["minor_terms"][0], data["sexual_terms"][0]
-        assert all(real.check(sexual, negative_prompt=a).blocked for a in data["negative_adulthood_terms"])
-        assert all(real.check(minor, negative_prompt=c).blocked for c in data["negative_clothing_terms"])
+    def test_negative_steering_lists(self, real: PromptPolicy, data: PackagedTerms) -> None:
+        minor, sexual = data.strong_minor, data.sexual_for("en")
+        adult = [
+            a
+            for a, _ in data.by_list["negative_adulthood"]
+            if not real.check(sexual, negative_prompt=a).blocked
+        ]
+        clothes = [
+            c
+            for c, _ in data.by_list["negative_clothing"]
+            if not real.check(minor, negative_prompt=c).blocked
+        ]
+        assert adult == [] and clothes == []
         assert not real.check(sexual, negative_prompt=minor).blocked
         assert not real.check(minor, negative_prompt=sexual).blocked

@@ -1,118 +1,239 @@
-"""Numeric ages in the spellings people use: ``15 yo``, ``15-year-old``, ``15yo``,
-``fifteen year old``, ``age 15``, ``aged fifteen``, ``under 16``, ``8th grader``.
+"""Stated ages, in each language's own grammar, from the rule files' ``ages`` sections.
 
-Works on normalised text (lowercase, punctuation already turned into spaces by the caller),
-so ``15-year-old`` arrives as ``15 year old`` and ``15 y/o`` as ``15 y o``.
+A language's section gives its number words, the words that make a following small number
+part of a bigger one (``twenty`` one, ``treinta y`` dos, ``二十``五), a few *anchors* (the
+patterns run only on a text that contains one of them: most prompts contain none; an anchor
+written ``=word`` must be a whole word, any other is looked for anywhere in the text) and its
+patterns: regular expressions over normalised text (lowercase, accents stripped, digits of any
+script read as 0-9, words joined by single spaces) in which ``{n}`` stands for a number
+(digits or a number word) and ``{o}`` for an ordinal (digits or an ordinal word), and a space
+for optional whitespace (so ``15yo`` and ``15 yo`` both match ``{n} yo``). A pattern counts
+when its number is at most ``max`` (default: the rule file's ``max_minor_age``); with
+``min_without_unit``, numbers below it count only when the pattern's group ``unit`` matched
+(``under 16`` and ``under 5 years`` state ages, ``under 5 minutes`` does not); with
+``not_after``, a number right after one of those words is a duration, not an age
+(``hace 15 años``, ``depuis 15 ans``).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
-_ONES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-_TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-          "eighteen", "nineteen"]  # fmt: skip
-_TENS = ["twenty", "thirty", "forty", "fourty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_TENS_VALUE = {"twenty": 20, "thirty": 30, "forty": 40, "fourty": 40, "fifty": 50, "sixty": 60,
-               "seventy": 70, "eighty": 80, "ninety": 90}  # fmt: skip
-WORD_VALUE: dict[str, int] = {w: i + 1 for i, w in enumerate(_ONES)}
-WORD_VALUE.update({w: i + 10 for i, w in enumerate(_TEENS)})
-WORD_VALUE["zero"] = 0
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-             "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12}  # fmt: skip
+from talos_moderation.policy.indexes import unspaced
+from talos_moderation.policy.normalize import normalize, plain, tokens
 
-_NUM = (
-    r"(?P<num>(?<![\d])\d{1,3}(?![\d])"
-    r"|\b(?:" + "|".join(_TENS) + r")\s*(?:" + "|".join(_ONES) + r")?"
-    r"|\b(?:" + "|".join(_TEENS + _ONES + ["zero"]) + r"))"
-)
-# A number followed by a unit and old/young/of age, or by yo / y o (15yo, 15 y/o).
-_UNIT = r"(?:years?|yrs?|yr|y|months?|mos?|mths?|mnths?|weeks?|wks?|days?)"
-_AFTER = re.compile(_NUM + r"\s*(?:" + _UNIT + r"\s*(?:old|young|of\s+age|o|olds)\b|yo\b|yos\b|yro\b)")
-# age 15, aged fifteen, age of 15, ages 12
-_BEFORE = re.compile(r"\b(?:age|aged|ages)\s+(?:of\s+|is\s+|about\s+|around\s+|just\s+)?" + _NUM)
-# under 16, below 18, younger than 18, not yet 18
-_UNDER = re.compile(
-    r"\b(?:under|below|younger\s+than|less\s+than|not\s+yet|barely|almost|nearly)\s+"
-    r"(?:the\s+)?(?:age\s+(?:of\s+)?)?" + _NUM + r"(?P<unit>\s*(?:years?|yrs?|yr|yo)\b)?"
-)
-# 8th grade, eighth grader, 15th birthday
-_ORDINAL = re.compile(
-    r"(?:(?<![\d])(?P<n>\d{1,2})\s*(?:st|nd|rd|th)|\b(?P<w>" + "|".join(_ORDINALS) + r"))"
-    r"\s*(?P<what>grade|grader|graders|birthday)\b"
-)
-_BIG = {"hundred", "thousand", "million", "billion"}
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 
-def _value(num: str) -> int | None:
-    num = num.strip()
-    if num.isdigit():
-        return int(num)
-    parts = num.split()
-    if len(parts) == 1 and parts[0] in WORD_VALUE:
-        return WORD_VALUE[parts[0]]
-    joined = "".join(parts)
-    for tens, value in _TENS_VALUE.items():
-        if joined.startswith(tens):
-            rest = joined[len(tens) :]
-            return value + (WORD_VALUE.get(rest, 0) if rest else 0)
-    return None
+class AgeRulesError(ValueError):
+    """An ``ages`` section that cannot be used."""
 
 
-def _preceded_by_big(text: str, start: int) -> bool:
-    """``one hundred fifteen``, ``hundred and five``, ``2 5``: part of a bigger number."""
-    before = text[max(0, start - 24) : start].split()
-    if not before:
-        return False
-    if before[-1] in _BIG or before[-1].isdigit():
+def _norm(text: str) -> str:
+    return " ".join(plain(t) for t in tokens(normalize(text)))
+
+
+def _trie(words: list[str]) -> str:
+    """One regular expression for many words, their shared beginnings merged: the engine then
+    skips, at each position, every word that cannot start there."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _trie_node(tree)
+
+
+def _trie_node(node: dict[str, Any]) -> str:
+    ends = "" in node
+    branches = []
+    for char in sorted(c for c in node if c):
+        piece = r"\s*" if char == " " else re.escape(char)
+        branches.append(piece + _trie_node(node[char]))
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    return f"(?:{body})?" if ends else body
+
+
+def _number(words: dict[str, int]) -> str:
+    """Digits or a number word; whole-word starts are checked after matching (see ``_starts_word``),
+    so the pattern begins with plain characters and the engine can skip positions fast."""
+    return r"\d{1,3}(?!\d)" + ("|" + _trie(list(words)) if words else "")
+
+
+def _starts_word(text: str, start: int, number: str) -> bool:
+    """The number does not continue a longer number or (in scripts with spaces) a longer word."""
+    if start == 0:
         return True
-    return before[-1] == "and" and len(before) >= 2 and before[-2] in _BIG
+    before = text[start - 1]
+    if number[0].isdigit():
+        return not before.isdigit()
+    return unspaced(number[0]) or not (before.isalnum() and not before.isdigit())
 
 
-def minor_age(text: str, max_minor_age: int = 17) -> bool:
-    """True when ``text`` states an age of ``max_minor_age`` or less."""
-    if not _may_hold_age(text):
+@dataclass(frozen=True)
+class _Pattern:
+    regex: re.Pattern[str]
+    max_value: int
+    min_without_unit: int
+    # Words that, right before the number, make it a duration (``since 15 years``, ``hace 15 años``).
+    not_after: frozenset[str]
+
+
+@dataclass
+class _Language:
+    name: str
+    values: dict[str, int]
+    # Looked for anywhere in the text (glued forms, scripts without spaces).
+    anchors: tuple[str, ...]
+    big: tuple[str, ...]
+    connectors: tuple[str, ...]
+    patterns: list[_Pattern] = field(default_factory=list)
+    # First words of the number words (a word may begin with one: zwölfjährig, fifteenyo), and
+    # the number words of scripts without spaces: a text with none of them and no digit states
+    # no age in this language.
+    number_starts: tuple[str, ...] = ()
+    unspaced_numbers: tuple[str, ...] = ()
+
+    def has_number(self, text: str, words: set[str], digits: bool) -> bool:
+        if digits or any(n in text for n in self.unspaced_numbers):
+            return True
+        return bool(self.number_starts) and any(w.startswith(self.number_starts) for w in words)
+
+    def value(self, number: str) -> int | None:
+        if number.isdigit():
+            return int(number)
+        return self.values.get("".join(number.split()))
+
+    def part_of_bigger(self, text: str, start: int, number: str) -> bool:
+        """``twenty one``, ``treinta y dos``, ``二十五``, ``1 5``: the number continues another."""
+        before = text[:start].rstrip()
+        if not before:
+            return False
+        last = before.rsplit(" ", 1)[-1]
+        if last.isdigit():
+            return True
+        if number.isdigit():
+            return False
+        for connector in self.connectors:
+            if before == connector or before.endswith(" " + connector):
+                before = before[: -len(connector)].rstrip()
+                break
+        for word in self.big:
+            if before.endswith(word):
+                head = before[: -len(word)]
+                if not head or unspaced(word[0]) or not head[-1].isalpha():
+                    return True
         return False
-    for match in _AFTER.finditer(text):
-        value = _value(match.group("num"))
-        if value is not None and value <= max_minor_age and not _preceded_by_big(text, match.start()):
-            return True
-    for match in _BEFORE.finditer(text):
-        value = _value(match.group("num"))
-        if value is not None and value <= max_minor_age:
-            return True
-    for match in _UNDER.finditer(text):
-        value = _value(match.group("num"))
-        if value is None:
-            continue
-        # "under 18" names minors; "under 5 minutes" does not, so small numbers need a unit.
-        if value <= max_minor_age + 1 and (value >= 12 or match.group("unit")):
-            return True
-    for match in _ORDINAL.finditer(text):
-        n = match.group("n")
-        value = int(n) if n else _ORDINALS[match.group("w")]
-        if match.group("what") == "birthday":
-            if value <= max_minor_age:
-                return True
-        elif value <= 12:
-            return True
-    return False
+
+    def states_minor(self, text: str) -> bool:
+        for pattern in self.patterns:
+            for match in pattern.regex.finditer(text):
+                number = match.group("n").strip()
+                if not _starts_word(text, match.start("n"), number):
+                    continue
+                value = self.value(number)
+                if value is None or value > pattern.max_value:
+                    continue
+                if value < pattern.min_without_unit and not match.groupdict().get("unit"):
+                    continue
+                if (
+                    pattern.not_after
+                    and text[: match.start("n")].rstrip().rsplit(" ", 1)[-1] in pattern.not_after
+                ):
+                    continue
+                if not self.part_of_bigger(text, match.start("n"), number):
+                    return True
+        return False
 
 
-# Every pattern above needs one of these words (or a number glued to a unit); most prompts
-# have none and skip the patterns.
-_ANCHORS = frozenset(
-    "yo yos yro y o yr yrs year years month months mo mos mth mths mnth mnths week weeks wk wks day "
-    "days old olds young age aged ages under below barely almost nearly grade grader graders birthday "
-    "younger less yet".split()
-)
-_SUFFIXES = ("yo", "yos", "yro", "yr", "yrs", "year", "years", "old", "olds", "grade", "grader", "birthday")
+def _strings(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AgeRulesError(f"ages.{key} must be a list of strings")
+    return value
 
 
-def _may_hold_age(text: str) -> bool:
-    for word in text.split():
-        if word in _ANCHORS or word.endswith(_SUFFIXES):
-            return True
-        if not word.isalpha() and not word.isdigit():  # 15yo, 8th, y0
-            return True
-    return False
+def _numbers(data: dict[str, Any], key: str) -> dict[str, int]:
+    value = data.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
+    ):
+        raise AgeRulesError(f"ages.{key} must map words to whole numbers")
+    return {_norm(k): v for k, v in value.items() if _norm(k)}
+
+
+@dataclass
+class AgeGrammar:
+    """Every language's age patterns; ``states_minor`` is true when any of them finds a minor."""
+
+    max_minor_age: int = 17
+    languages: list[_Language] = field(default_factory=list)
+    # Whole-word anchors -> the languages whose patterns they call for.
+    word_anchors: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, name: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise AgeRulesError(f"{name}: ages must be an object")
+        numbers = _numbers(data, "numbers")
+        ordinals = _numbers(data, "ordinals")
+        cardinal, ordinal = _number(numbers), _number(ordinals)
+        anchors = _strings(data, "anchors")
+        for word in (_norm(a[1:]) for a in anchors if a.startswith("=")):
+            if word:
+                self.word_anchors.setdefault(word, set()).add(name)
+        words = [*numbers, *ordinals]
+        language = _Language(
+            name=name,
+            number_starts=tuple(sorted({w.split()[0] for w in words if not unspaced(w)})),
+            unspaced_numbers=tuple(sorted({w.replace(" ", "") for w in words if unspaced(w)}, key=len)),
+            values={k.replace(" ", ""): v for k, v in {**ordinals, **numbers}.items()},
+            anchors=tuple(a for a in (_norm(x) for x in anchors if not x.startswith("=")) if a),
+            big=tuple(
+                sorted((b for b in (_norm(x) for x in _strings(data, "big")) if b), key=len, reverse=True)
+            ),
+            connectors=tuple(c for c in (_norm(x) for x in _strings(data, "connectors")) if c),
+        )
+        raw = data.get("patterns", [])
+        if not isinstance(raw, list) or (raw and not anchors):
+            raise AgeRulesError(f"{name}: ages.patterns must be a list, and patterns need anchors")
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("re"), str):
+                raise AgeRulesError(f"{name}: each age pattern needs a 're' string")
+            max_value = item.get("max", self.max_minor_age)
+            floor = item.get("min_without_unit", 0)
+            if not isinstance(max_value, int) or not isinstance(floor, int):
+                raise AgeRulesError(f"{name}: 'max' and 'min_without_unit' must be whole numbers")
+            # Letters in a pattern are read like prompts (Arabic yeh, accents); ASCII is regex syntax.
+            source = _NON_ASCII.sub(lambda m: normalize(m.group()), item["re"]).replace(" ", r"\s*")
+            source = source.replace("{n}", f"(?P<n>{cardinal})").replace("{o}", f"(?P<n>{ordinal})")
+            try:
+                regex = re.compile(source)
+            except re.error as exc:
+                raise AgeRulesError(f"{name}: age pattern does not compile: {exc}") from None
+            if "n" not in regex.groupindex:
+                raise AgeRulesError(f"{name}: age pattern without {{n}} or {{o}}")
+            not_after = item.get("not_after", [])
+            if not isinstance(not_after, list) or not all(isinstance(w, str) for w in not_after):
+                raise AgeRulesError(f"{name}: 'not_after' must be a list of words")
+            language.patterns.append(
+                _Pattern(regex, max_value, floor, frozenset(_norm(w) for w in not_after))
+            )
+        if language.patterns:
+            self.languages.append(language)
+
+    def states_minor(self, text: str) -> bool:
+        """True when ``text`` (normalised words joined by spaces) states an age under the limit."""
+        words = set(text.split())
+        called = {lang for word in words for lang in self.word_anchors.get(word, ())}
+        digits = any(c.isdigit() for c in text)
+        return any(
+            lang.states_minor(text)
+            for lang in self.languages
+            if (lang.name in called or any(a in text for a in lang.anchors))
+            and lang.has_number(text, words, digits)
+        )

@@ -16,8 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from talos_moderation.policy import ages
-from talos_moderation.policy.normalize import collapse3, leet_text, normalize, plain, tokens
+from talos_moderation.policy.normalize import collapse3, leet_text, masked_words, normalize, plain, tokens
 from talos_moderation.policy.rules import Rules, RulesError
 
 MINOR_SEXUAL = "minor_sexual"
@@ -26,8 +25,6 @@ PROMPT_TOO_LONG = "prompt_too_long"
 NONE = "none"
 UNAVAILABLE_VERSION = "unavailable"
 MEMO_LIMIT = 16_384
-POSITIVE_LISTS = frozenset({"minor", "sexual", "standalone"})
-NEGATIVE_LISTS = frozenset({"negative_adulthood", "negative_clothing"})
 
 
 @dataclass(frozen=True)
@@ -126,26 +123,41 @@ def _distinct(first: str, second: str) -> list[str]:
     return texts
 
 
+def _lists(rules: Rules, normalised: str, wanted: frozenset[str]) -> tuple[set[str], list[str], list[str]]:
+    """The lists present in one normalised text, its words, and their plain forms."""
+    words = tokens(normalised)
+    found, infos = rules.matcher.scan(words, wanted)
+    masked = masked_words(normalised)
+    if masked:
+        found |= rules.matcher.find_masked(masked, wanted)
+    return rules.resolve(found), words, [i.plain for i in infos]
+
+
 def positive_contexts(rules: Rules, text: str) -> Contexts:
-    words = tokens(normalize(text))
-    found, infos = rules.matcher.scan(words, POSITIVE_LISTS)
+    found, words, plains = _lists(rules, normalize(text), rules.positive_lists)
     minor = "minor" in found or any(e in text for e in rules.minor_emoji)
     sexual = "sexual" in found or any(e in text for e in rules.sexual_emoji)
     if not minor:
-        minor = _states_minor_age(words, [i.plain for i in infos], rules.max_minor_age)
+        minor = _states_minor_age(rules, words, plains)
     return Contexts(minor=minor, sexual=sexual, standalone="standalone" in found)
 
 
 def negative_contexts(rules: Rules, text: str) -> Contexts:
-    found = rules.matcher.find(tokens(normalize(text)), NEGATIVE_LISTS)
+    found, _, _ = _lists(rules, normalize(text), rules.negative_lists)
     return Contexts(minor="negative_adulthood" in found, sexual="negative_clothing" in found)
 
 
 _TRIPLE = re.compile(r"([^\W\d_])\1\1")
 
 
-def _states_minor_age(words: list[str], plains: list[str], max_age: int) -> bool:
+_DIGIT_LETTER = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
+
+
+def _states_minor_age(rules: Rules, words: list[str], plains: list[str]) -> bool:
+    # 15yo and 15años are read as 15 yo and 15 años, so whole-word anchors find their units.
     base = " ".join(plains)
+    if any(c.isdigit() for c in base):
+        base = _DIGIT_LETTER.sub(" ", base)
     views = [base]
     if any(_has_leet(w) for w in words):
         views.append(leet_text(words))
@@ -154,7 +166,7 @@ def _states_minor_age(words: list[str], plains: list[str], max_age: int) -> bool
         views.append(collapse3(base, 1))
     if _single_run(words):
         views.append(_spaced_joined(words))
-    return any(ages.minor_age(v, max_age) for v in views)
+    return any(rules.ages.states_minor(v) for v in views)
 
 
 def _has_leet(word: str) -> bool:

@@ -2,12 +2,15 @@
 
 ``normalize`` turns a prompt into plain lowercase text: Unicode NFKC (full-width and
 mathematical letters), zero-width and other invisible characters removed, case folded,
-accents stripped, look-alike Cyrillic and Greek letters folded to Latin, prompt emphasis
-syntax such as ``(word:1.3)`` reduced to the word. ``tokens`` splits that text into words,
-keeping the symbols leetspeak uses. :func:`forms` gives every reading of one word that the
-matcher tries: with symbols dropped, with leetspeak decoded, and with repeated letters
-collapsed. Spacing tricks (``c h i l d``, ``chi ld``) are handled by the matcher, which joins
-neighbouring short words.
+accents and other decorating marks stripped (the marks that are part of a letter in Indic and
+Thai scripts stay), digits of every script read as 0-9, look-alike symbols and Latin letters
+folded by Unicode's confusables data (see :mod:`skeleton`), prompt emphasis syntax such as
+``(word:1.3)`` reduced to the word. ``tokens`` splits that text into words, keeping the symbols
+leetspeak uses. :func:`forms` gives every reading of one word that the matcher tries: with
+symbols dropped, with leetspeak decoded, with look-alike letters of another script read as
+Latin (and the reverse), and with repeated letters collapsed. :func:`masked_words` and
+:func:`mask_readings` give words with a hidden letter (``n*ked``). Spacing tricks (``c h i l d``,
+``chi ld``) are handled by the matcher, which joins neighbouring short words.
 """
 
 from __future__ import annotations
@@ -17,25 +20,29 @@ import re
 import unicodedata
 from functools import lru_cache
 
+from talos_moderation.policy.skeleton import IN_PLACE, readings
+
 # Characters that render as nothing (Cf covers zero-width space/joiners, BOM, soft hyphen,
-# bidi controls, tag characters); these are removed outright.
-_INVISIBLE_EXTRA = {"\u034f", "\u115f", "\u1160", "\u17b4", "\u17b5", "\u180b", "\u180c", "\u180d"}
+# bidi controls, tag characters); these are removed outright. U+0640 is the Arabic tatweel,
+# which only stretches a word.
+_INVISIBLE_EXTRA = {"\u034f", "\u115f", "\u1160", "\u17b4", "\u17b5", "\u180b", "\u180c", "\u180d", "\u0640"}
 # Characters that render as blank space; these become a space.
 _BLANK = {"\u2800", "\u3164", "\uffa0", "\u1680"}
 
-# Look-alike letters from other scripts that NFKC leaves alone.
-_HOMOGLYPHS = {
-    # Cyrillic
-    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
-    "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d",
-    "һ": "h", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ɡ": "g", "ь": "b",
-    # Greek
-    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-    "τ": "t", "υ": "u", "χ": "x", "ω": "w", "γ": "y", "μ": "u",
-    # Latin look-alikes
-    "ı": "i", "ȷ": "j", "ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ŧ": "t", "ß": "ss", "æ": "ae",
-    "œ": "oe", "þ": "th", "ð": "d",
-}  # fmt: skip
+# Marks that only decorate a letter (accents, Arabic vowel signs, Hebrew points, variation
+# selectors, stacked "zalgo" marks) are dropped. Marks that are letters' own parts in their
+# script (Devanagari, Bengali and Thai vowel signs, kana voicing) are kept: without them
+# different words would read the same.
+_DROPPED_MARKS = (
+    (0x0300, 0x036F), (0x0483, 0x0489), (0x0591, 0x05C7), (0x0610, 0x061A), (0x064B, 0x065F),
+    (0x0670, 0x0670), (0x06D6, 0x06ED), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
+    (0xFE00, 0xFE0F), (0xFE20, 0xFE2F), (0xE0100, 0xE01EF),
+)  # fmt: skip
+
+
+def _dropped_mark(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _DROPPED_MARKS)
 
 
 def _letter_emoji() -> dict[str, str]:
@@ -68,11 +75,13 @@ def _fold_char(char: str) -> str:
         return " "
     if category == "Cf" or char in _INVISIBLE_EXTRA:
         return ""
+    if category == "Nd":  # Arabic-Indic, Persian, Devanagari, Thai... digits read as 0-9
+        return str(unicodedata.decimal(char))
     out = []
     for piece in unicodedata.normalize("NFD", char.casefold()):
-        if unicodedata.category(piece) in ("Mn", "Me", "Mc"):
+        if unicodedata.category(piece).startswith("M") and _dropped_mark(piece):
             continue
-        out.append(_HOMOGLYPHS.get(piece, piece))
+        out.append(IN_PLACE.get(piece, piece))
     return "".join(out)
 
 
@@ -87,8 +96,28 @@ _APOSTROPHE = re.compile(r"['’ʼ`´]")
 
 # The symbols leetspeak uses stay inside words; every other non-word character splits.
 LEET_SYMBOLS = "@$!|+€£"
-_TOKEN = re.compile(r"[\w@$!|+€£]+")
+
+
+def _kept_marks() -> str:
+    """A character class of the marks that stay part of a word (Indic and Thai vowel signs...)."""
+    ranges: list[list[int]] = []
+    for code in range(0x0300, 0x20000):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
+_MARKS = _kept_marks()
+_TOKEN = re.compile(rf"[\w{_MARKS}@$!|+€£]+")
 _ALNUM = re.compile(r"[^\W_]")
+# Characters that hide a letter inside a word (n*ked, n_ked, s#x): the word is also read with
+# each of them standing for one unknown letter.
+MASKS = "*_#?%^~"
+_PIECE = rf"(?:[^\W_]|[{_MARKS}@$!|+€£])+"
+_MASKED = re.compile(rf"{_PIECE}(?:[*_#?%^~]+{_PIECE})+")
 _SYMBOLS = re.compile(r"[@$!|+€£]")
 
 
@@ -98,8 +127,9 @@ def normalize(text: str) -> str:
         text = unicodedata.normalize("NFKC", text)
     text = text.translate(_TABLE) if not text.isascii() else text.lower()
     if not text.isascii():
-        # Folding can expose characters that NFKC would compose or change again.
-        text = unicodedata.normalize("NFKC", text).translate(_TABLE)
+        # Folding can expose characters that NFKC would compose or change again; the last
+        # composition puts Hangul syllables and kana with voicing marks back together.
+        text = unicodedata.normalize("NFC", unicodedata.normalize("NFKC", text).translate(_TABLE))
     if "<" in text:
         text = _LORA.sub(" ", text)
     if ":" in text:
@@ -115,6 +145,13 @@ def tokens(text: str) -> list[str]:
     if "_" in text:
         text = text.replace("_", " ")
     return [t for t in _TOKEN.findall(text) if t.isalnum() or _ALNUM.search(t)]
+
+
+def masked_words(text: str) -> list[str]:
+    """Words of normalised text with masking characters inside them (``n*ked``), masks kept."""
+    if not any(m in text for m in MASKS):
+        return []
+    return _MASKED.findall(text)
 
 
 def plain(token: str) -> str:
@@ -169,17 +206,37 @@ def collapse3(word: str, keep: int = 2) -> str:
 def forms(token: str) -> tuple[frozenset[str], frozenset[str]]:
     """(exact readings, collapsed readings) of one word.
 
-    Exact readings: the word without symbols and, when it mixes letters with digits or
-    symbols, its two leetspeak decodings. Collapsed readings (repeated characters reduced to
-    one) are given only for readings that contain a doubled character, so ``ten`` is never
-    read as ``teen`` but ``teeeen`` and ``t33n`` are.
+    Exact readings: the word without symbols; when it mixes letters with digits or symbols,
+    its leetspeak decodings; when it holds look-alike letters of another script, its readings
+    in Latin and in that script (see :mod:`skeleton`). Collapsed readings (repeated characters
+    reduced to one) are given only for readings that contain a doubled character, so ``ten``
+    is never read as ``teen`` but ``teeeen`` and ``t33n`` are.
     """
     exact = {plain(token)}
     if not token.isalpha() and _HAS_LETTER.search(token) and _HAS_LEET.search(token):
         exact.update(_leet_readings(token))
+    if not token.isascii():
+        for reading in list(exact):
+            exact.update(readings(reading))
     exact.discard("")
     collapsed = {collapse(f) for f in exact if _DOUBLE.search(f)}
     return frozenset(exact), frozenset(collapsed)
+
+
+def mask_readings(word: str) -> set[str]:
+    """Readings of a masked word with ``?`` for each hidden letter: ``n*k3d`` -> ``n?ked``."""
+    out = set()
+    for reading in {word} | (_leet_readings(word) if _HAS_LEET.search(word) else set()):
+        reading = _SYMBOLS.sub("", reading)
+        for variant in (_MASK_RUN.sub("?", reading), _MASK_ONE.sub("?", reading)):
+            letters = len(variant) - variant.count("?")
+            if letters >= 2 and variant.count("?") * 2 <= len(variant):
+                out.add(variant)
+    return out
+
+
+_MASK_ONE = re.compile(r"[*_#?%^~]")
+_MASK_RUN = re.compile(r"[*_#?%^~]+")
 
 
 def leet_text(words: list[str]) -> str:

@@ -1,357 +1,209 @@
-"""The versioned rule file and the word matcher built from it.
+"""The versioned rule files, loaded into the matcher and the age grammar.
 
-The rule file (JSON) holds the term lists; the code holds only the mechanism, so the lists
-can change (and their version with them) without a code change. Each list entry is a word or
-a phrase; it is normalised exactly as prompts are, so an entry matches however a prompt
-spells it. A ``*_exceptions`` list names phrases inside which a term does not count
-(``minor key`` is music, not a person).
+The rules are data: a *manifest* (``rules/manifest.json`` in the package) holds the version,
+the shared settings and a list of ``files``, one per language plus one for what every language
+shares (emoji, abuse-material code words). Every file may hold any of the lists, so a single
+file without ``files`` (the older form) works as well. ``TALOS_MODERATION_RULES_PATH`` may
+name a manifest, a folder holding ``manifest.json``, or a single rule file. Each file says its
+``language``; in it:
+
+* ``<list>_terms``: entries (words or phrases, normalised exactly as prompts are), for the lists
+  ``minor``, ``sexual``, ``standalone`` (blocks on its own), ``negative_adulthood`` and
+  ``negative_clothing``; an entry word ending in ``+`` is a stem that takes one of the language's
+  ``suffixes``, one ending in ``*`` matches any word that begins with it;
+* ``<list>_weak_terms``: words that are ordinary words in other languages (Spanish ``nina``
+  is also a name): they count only when the same text shows the language, through one of its
+  ``evidence_words`` or one of its other terms;
+* ``<list>_exceptions``: phrases inside which a term of that list does not count;
+* ``prefixes`` / ``suffixes``: clitics and endings that attach to every term of the language;
+* ``ages``: the language's age grammar (see :mod:`ages`);
+* ``substring_exceptions``, ``minor_emoji``, ``sexual_emoji``.
+
+Anything missing, unreadable, unparseable or of the wrong shape raises :class:`RulesError`, and
+the policy then blocks every prompt.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from talos_moderation.policy.normalize import collapse, forms, normalize, plain, tokens
+from talos_moderation.policy.ages import AgeGrammar, AgeRulesError
+from talos_moderation.policy.matcher import Matcher, entry_words
 
-PACKAGED_RULES = "rules.json"
+MANIFEST = "manifest.json"
 LISTS = ("minor", "sexual", "standalone", "negative_adulthood", "negative_clothing")
+POSITIVE = ("minor", "sexual", "standalone")
+NEGATIVE = ("negative_adulthood", "negative_clothing")
+EVIDENCE = "lang"
+Document = tuple[str, dict[str, Any]]  # (file name, content)
 
 
 class RulesError(ValueError):
-    """The rule file is missing, unreadable or incomplete."""
+    """The rule files are missing, unreadable or incomplete."""
 
 
-def packaged_rules_text() -> str:
-    return resources.files("talos_moderation.policy").joinpath(PACKAGED_RULES).read_text("utf-8")
+def _parse(name: str, text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise RulesError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RulesError(f"{name} must hold a JSON object")
+    return data
 
 
-def _term_words(entry: str) -> tuple[str, ...]:
-    return tuple(plain(t) for t in tokens(normalize(entry)))
+def _read(base: Traversable | Path, name: str) -> dict[str, Any]:
+    try:
+        text = base.joinpath(name).read_text("utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RulesError(f"cannot read rule file {name}: {type(exc).__name__}") from None
+    return _parse(name, text)
 
 
-# Neighbouring words of at most this many letters are also read joined up ("c h i l d").
-SHORT_WORD = 3
-LONGEST_JOIN = 16
-_CACHE_LIMIT = 50_000
-
-Phrase = tuple[tuple[str, str], ...]  # each word with its collapsed form
-
-
-@dataclass(frozen=True, slots=True)
-class WordInfo:
-    """Everything the matcher needs about one word, worked out once per distinct word."""
-
-    word: str
-    plain: str
-    # The word is letters only and has no doubled letter: joins need no further reading.
-    simple: bool
-    exact: frozenset[str]
-    collapsed: frozenset[str]
-    # Lists with a one-word term here (whole word, or inside a long word).
-    singles: frozenset[str]
-    # (list, phrase) of terms of two words or more that may start here.
-    starts: tuple[tuple[str, Phrase], ...]
-    # (list, phrase) of exception phrases that may start here.
-    exception_starts: tuple[tuple[str, Phrase], ...]
-    # Whether a term may start here at all (most words: no).
-    active: bool
-    # The word can begin a term written together with its neighbours.
-    may_join: bool
-    # Short enough to be part of a spaced-out word ("c h i l d", "chi ld").
-    short: bool
+def load_documents(path: Path | None = None) -> list[Document]:
+    """The manifest (first) and every file it names: the packaged rules when ``path`` is None."""
+    base: Traversable | Path
+    if path is None:
+        base, name = resources.files("talos_moderation.policy").joinpath("rules"), MANIFEST
+    elif path.is_dir():
+        base, name = path, MANIFEST
+    else:
+        base, name = path.parent, path.name
+    manifest = _read(base, name)
+    files = manifest.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise RulesError("files must be a list of file names")
+    return [(name, manifest), *((f, _read(base, f)) for f in files)]
 
 
-@dataclass
-class Matcher:
-    """Every term list, indexed together so a prompt's words are scanned once."""
-
-    # Word (or "~" + its collapsed form) -> lists with that one-word term.
-    _single: dict[str, set[str]] = field(default_factory=dict)
-    # First word (or "~" + its collapsed form) -> (list, phrase) of terms of two words or more.
-    _first: dict[str, list[tuple[str, Phrase]]] = field(default_factory=dict)
-    # Terms written together ("little girl" -> "littlegirl") -> list names.
-    _joined: dict[str, set[str]] = field(default_factory=dict)
-    _joined_collapsed: dict[str, set[str]] = field(default_factory=dict)
-    # List name -> one pattern of its words long enough to be found inside a longer word.
-    _substrings: dict[str, re.Pattern[str]] = field(default_factory=dict)
-    _any_substring: re.Pattern[str] | None = None
-    _substring_exceptions: frozenset[str] = frozenset()
-    _longest: int = 0
-    # Every beginning of a term written together (and of its collapsed form).
-    _prefixes: set[str] = field(default_factory=set)
-    _cache: dict[str, WordInfo] = field(default_factory=dict)
-    # The cached words at which a term (an exception phrase) may start.
-    _active_words: set[str] = field(default_factory=set)
-    _exception_words: set[str] = field(default_factory=set)
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, entries: Iterable[str], exceptions: Iterable[str], substring_min: int) -> None:
-        subs: set[str] = set()
-        count = 0
-        for entry in entries:
-            words = _term_words(entry)
-            if not words:
-                continue
-            count += 1
-            if len(words) == 1:
-                for key in {words[0], "~" + collapse(words[0])}:
-                    self._single.setdefault(key, set()).add(name)
-            else:
-                self._add_phrase(name, words)
-            joined = "".join(words)
-            self._joined.setdefault(joined, set()).add(name)
-            self._joined_collapsed.setdefault(collapse(joined), set()).add(name)
-            for form in (joined, collapse(joined)):
-                self._prefixes.update(form[:k] for k in range(1, len(form) + 1))
-            self._longest = max(self._longest, len(joined))
-            if substring_min and len(joined) >= substring_min:
-                subs.add(joined)
-        self.sizes[name] = count
-        if subs:
-            self._substrings[name] = _alternation(subs)
-            everything = {p for pattern in self._substrings.values() for p in pattern.pattern.split("|")}
-            self._any_substring = re.compile("|".join(sorted(everything, key=len, reverse=True)))
-        for entry in exceptions:
-            words = _term_words(entry)
-            if words:
-                self._add_phrase("!" + name, words)
-        self._clear_cache()
-
-    def _add_phrase(self, name: str, words: tuple[str, ...]) -> None:
-        phrase = tuple((w, collapse(w)) for w in words)
-        for key in {words[0], "~" + collapse(words[0])}:
-            self._first.setdefault(key, []).append((name, phrase))
-
-    def _clear_cache(self) -> None:
-        self._cache.clear()
-        self._active_words.clear()
-        self._exception_words.clear()
-
-    def set_substring_exceptions(self, words: Iterable[str]) -> None:
-        self._substring_exceptions = frozenset(words)
-        self._clear_cache()
-
-    def info(self, word: str) -> WordInfo:
-        cached = self._cache.get(word)
-        if cached is not None:
-            return cached
-        exact, collapsed = forms(word)
-        singles: set[str] = set()
-        starts: list[tuple[str, Phrase]] = []
-        keys = [*exact, *("~" + c for c in collapsed)]
-        for key in keys:
-            singles.update(self._single.get(key, ()))
-            starts.extend(self._first.get(key, ()))
-        if self._any_substring is not None:
-            for form in exact:
-                if form in self._substring_exceptions or not self._any_substring.search(form):
-                    continue
-                for name, pattern in self._substrings.items():
-                    if pattern.search(form):
-                        singles.add(name)
-        simple = word.isalpha() and not _DOUBLE.search(word)
-        unique = tuple(dict.fromkeys(starts))
-        terms = tuple(s for s in unique if s[0][0] != "!")
-        result = WordInfo(
-            word=word,
-            plain=plain(word),
-            simple=simple,
-            exact=exact,
-            collapsed=collapsed,
-            singles=frozenset(singles),
-            starts=terms,
-            exception_starts=tuple((name[1:], phrase) for name, phrase in unique if name[0] == "!"),
-            active=bool(singles or terms),
-            may_join=not simple or word in self._prefixes,
-            short=len(word) <= SHORT_WORD,
-        )
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._clear_cache()
-        self._cache[word] = result
-        if result.active:
-            self._active_words.add(word)
-        if result.exception_starts:
-            self._exception_words.add(word)
-        return result
-
-    def find(self, words: Sequence[str], wanted: Collection[str] = LISTS) -> set[str]:
-        """The names of the ``wanted`` lists with a term in ``words`` (normalised words of one text)."""
-        return self.scan(words, wanted)[0]
-
-    def scan(self, words: Sequence[str], wanted: Collection[str] = LISTS) -> tuple[set[str], list[WordInfo]]:
-        """``find``, and what was worked out about each word."""
-        cache = self._cache
-        infos = [cache.get(w) or self.info(w) for w in words]
-        hits: list[tuple[str, int, int]] = []  # (list, start, end) of each term occurrence
-        active = self._active_words.intersection(words)
-        for i, info in enumerate(infos) if active else ():
-            if not info.active:
-                continue
-            for name in info.singles:
-                if name in wanted:
-                    hits.append((name, i, i + 1))
-            for name, phrase in info.starts:
-                if name in wanted and _phrase_at(infos, i, phrase):
-                    hits.append((name, i, i + len(phrase)))
-        found: set[str] = set()
-        if hits:
-            covered = self._covered(infos, {name for name, _, _ in hits})
-            for name, start, end in hits:
-                cover = covered.get(name)
-                if cover is None or not any(k in cover for k in range(start, end)):
-                    found.add(name)
-        joined_terms = self._joined
-        for joined, simple in _joins(infos, self._longest):
-            names = joined_terms.get(joined)
-            if names:
-                found.update(n for n in names if n in wanted)
-            if simple:
-                continue
-            exact, collapsed = forms(joined)
-            for key in exact:
-                found.update(n for n in joined_terms.get(key, ()) if n in wanted)
-            for key in collapsed:
-                found.update(n for n in self._joined_collapsed.get(key, ()) if n in wanted)
-        return found, infos
-
-    def _covered(self, infos: Sequence[WordInfo], names: set[str]) -> dict[str, set[int]]:
-        """Positions inside exception phrases, for the lists that had a hit."""
-        covered: dict[str, set[int]] = {}
-        if self._exception_words.isdisjoint(info.word for info in infos):
-            return covered
-        for i, info in enumerate(infos):
-            for name, phrase in info.exception_starts:
-                if name in names and _phrase_at(infos, i, phrase):
-                    covered.setdefault(name, set()).update(range(i, i + len(phrase)))
-        return covered
-
-
-_DOUBLE = re.compile(r"([^\W\d_])\1")
-
-
-def _alternation(words: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
-
-
-def _phrase_at(infos: Sequence[WordInfo], i: int, phrase: Phrase) -> bool:
-    if i + len(phrase) > len(infos):
-        return False
-    for k, (word, collapsed_word) in enumerate(phrase):
-        info = infos[i + k]
-        if word not in info.exact and collapsed_word not in info.collapsed:
-            return False
-    return True
-
-
-def _joins(infos: Sequence[WordInfo], longest: int) -> Iterator[tuple[str, bool]]:
-    """Neighbouring words read together: every pair, and every window of a run of short words.
-
-    Yields (joined, simple): simple when the joined word needs no leetspeak or repeat reading.
-    Words that cannot begin any term written together are skipped without joining.
-    """
-    n = len(infos)
-    limit = longest + 4
-    run_start = -1  # start of the current run of short words
-    for i in range(n):
-        a = infos[i]
-        if a.short:
-            if run_start < 0:
-                run_start = i
-        else:
-            if run_start >= 0 and i - run_start >= 3:
-                yield from _windows(infos, run_start, i)
-            run_start = -1
-        if a.may_join and i + 1 < n:
-            b = infos[i + 1]
-            if len(a.word) + len(b.word) <= limit:
-                yield a.word + b.word, a.simple and b.simple and a.word[-1] != b.word[0]
-    if run_start >= 0 and n - run_start >= 3:
-        yield from _windows(infos, run_start, n)
-
-
-def _windows(infos: Sequence[WordInfo], i: int, j: int) -> Iterator[tuple[str, bool]]:
-    """Windows of three or more words of the short-word run infos[i:j] (pairs come separately)."""
-    for start in range(i, j - 2):
-        if not infos[start].may_join:
-            continue
-        length = len(infos[start].word) + len(infos[start + 1].word)
-        for end in range(start + 3, j + 1):
-            length += len(infos[end - 1].word)
-            if length > LONGEST_JOIN:
-                break
-            yield "".join(info.word for info in infos[start:end]), False
+def _strings(name: str, data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RulesError(f"{name}: {key} must be a list of strings")
+    return value
 
 
 @dataclass
 class Rules:
-    """A loaded, validated rule file."""
+    """Loaded, validated rules."""
 
     version: str
     matcher: Matcher
+    ages: AgeGrammar
     minor_emoji: tuple[str, ...]
     sexual_emoji: tuple[str, ...]
     max_minor_age: int
+    languages: tuple[str, ...]
+    positive_lists: frozenset[str]
+    negative_lists: frozenset[str]
 
     @classmethod
     def from_text(cls, text: str) -> Rules:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise RulesError(f"rule file is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        """A single rule file (no ``files``)."""
+        return cls.from_documents([("rules", _parse("rule file", text))])
 
     @classmethod
-    def from_dict(cls, data: Any) -> Rules:
-        if not isinstance(data, dict):
-            raise RulesError("rule file must hold a JSON object")
-        version = data.get("version")
+    def load(cls, path: Path | None) -> Rules:
+        """The rules at ``path`` (manifest, folder or single file), or the packaged ones."""
+        return cls.from_documents(load_documents(path))
+
+    @classmethod
+    def from_documents(cls, documents: list[Document]) -> Rules:
+        manifest = documents[0][1]
+        version = manifest.get("version")
         if not isinstance(version, str) or not version.strip():
             raise RulesError("rule file has no version")
-
-        def strings(key: str, required: bool = False) -> list[str]:
-            value = data.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise RulesError(f"{key} must be a list of strings")
-            if required and not any(_term_words(v) for v in value):
-                raise RulesError(f"{key} must not be empty")
-            return value
-
-        substring_min = data.get("substring_min_length", 0)
-        max_age = data.get("max_minor_age", 17)
+        substring_min = manifest.get("substring_min_length", 0)
+        max_age = manifest.get("max_minor_age", 17)
         if not isinstance(substring_min, int) or not isinstance(max_age, int) or not 0 < max_age < 30:
             raise RulesError("substring_min_length and max_minor_age must be small integers")
         if 0 < substring_min < 4:
             raise RulesError("substring_min_length below 4 would match inside ordinary words")
-        matcher = Matcher()
-        for name in LISTS:
-            matcher.add(
-                name,
-                strings(f"{name}_terms", required=name in ("minor", "sexual")),
-                strings(f"{name}_exceptions"),
-                substring_min if name in ("minor", "sexual", "standalone") else 0,
+        matcher = Matcher(substring_min=substring_min, substring_lists=frozenset(POSITIVE))
+        ages = AgeGrammar(max_minor_age=max_age)
+        emoji: dict[str, list[str]] = {"minor_emoji": [], "sexual_emoji": []}
+        exceptions: list[str] = []
+        weak_languages: set[str] = set()
+        languages: list[str] = []
+        for name, data in documents:
+            lang = data.get("language", "")
+            if not isinstance(lang, str) or "~" in lang or ":" in lang:
+                raise RulesError(f"{name}: language must be a short name")
+            if lang and lang not in languages:
+                languages.append(lang)
+            prefixes, suffixes = (
+                [w for e in _strings(name, data, key) for w, _ in entry_words(e)]
+                for key in ("prefixes", "suffixes")
             )
-        matcher.set_substring_exceptions(
-            plain(t) for w in strings("substring_exceptions") for t in tokens(normalize(w))
-        )
+            if prefixes or suffixes:
+                if not lang:
+                    raise RulesError(f"{name}: prefixes and suffixes need a language")
+                matcher.add_language(lang, prefixes, suffixes)
+            has_weak = False
+            try:
+                for list_name in LISTS:
+                    matcher.add(
+                        list_name,
+                        _strings(name, data, f"{list_name}_terms"),
+                        _strings(name, data, f"{list_name}_exceptions"),
+                        lang,
+                    )
+                    weak = _strings(name, data, f"{list_name}_weak_terms")
+                    if weak and not lang:
+                        raise RulesError(f"{name}: weak terms need a language")
+                    if weak:
+                        has_weak = True
+                        matcher.add(f"{list_name}~{lang}", weak, (), lang)
+                if has_weak:
+                    weak_languages.add(lang)
+                    evidence = _strings(name, data, "evidence_words")
+                    for list_name in LISTS:
+                        evidence += _strings(name, data, f"{list_name}_terms")
+                    matcher.add(f"{EVIDENCE}~{lang}", evidence, (), lang)
+                if "ages" in data:
+                    ages.add(lang or name, data["ages"])
+            except (ValueError, AgeRulesError) as exc:
+                if isinstance(exc, RulesError):
+                    raise
+                raise RulesError(f"{name}: {exc}") from None
+            exceptions += _strings(name, data, "substring_exceptions")
+            for key, items in emoji.items():
+                items += [e for e in _strings(name, data, key) if e]
+        for required in ("minor", "sexual"):
+            if not matcher.sizes.get(required):
+                raise RulesError(f"{required}_terms must not be empty")
+        matcher.set_substring_exceptions(exceptions)
+        extra = {f"{EVIDENCE}~{lang}" for lang in weak_languages}
         return cls(
             version=version.strip(),
             matcher=matcher,
-            minor_emoji=tuple(e for e in strings("minor_emoji") if e),
-            sexual_emoji=tuple(e for e in strings("sexual_emoji") if e),
+            ages=ages,
+            minor_emoji=tuple(emoji["minor_emoji"]),
+            sexual_emoji=tuple(emoji["sexual_emoji"]),
             max_minor_age=max_age,
+            languages=tuple(languages),
+            positive_lists=frozenset(
+                {*POSITIVE, *(f"{n}~{lang}" for n in POSITIVE for lang in weak_languages)} | extra
+            ),
+            negative_lists=frozenset(
+                {*NEGATIVE, *(f"{n}~{lang}" for n in NEGATIVE for lang in weak_languages)} | extra
+            ),
         )
 
-    @classmethod
-    def load(cls, path: Path | None) -> Rules:
-        """The rule file at ``path``, or the packaged one when ``path`` is None."""
-        try:
-            text = packaged_rules_text() if path is None else path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RulesError(f"cannot read rule file: {type(exc).__name__}") from None
-        return cls.from_text(text)
+    @staticmethod
+    def resolve(found: set[str]) -> set[str]:
+        """The lists present: every strong hit, and a weak hit where its language shows."""
+        present = {name for name in found if "~" not in name}
+        for name in found:
+            base, _, lang = name.partition("~")
+            if lang and base != EVIDENCE and f"{EVIDENCE}~{lang}" in found:
+                present.add(base)
+        return present
+
+
+__all__ = ["LISTS", "Rules", "RulesError", "entry_words", "load_documents"]

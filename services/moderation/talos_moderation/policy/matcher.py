@@ -1,0 +1,368 @@
+"""The word matcher: every term list of every language, indexed so a text is scanned once.
+
+A term is a word or a phrase. Each word of a text is worked out once (and cached): its
+readings (see :func:`normalize.forms`), the *keys* it answers to, and which terms start at it.
+Keys are the readings themselves, ``~`` + a reading with repeats collapsed, ``lang:stem`` and
+``lang:stem+`` for a reading as a language's prefix + stem + suffix, and ``stem*`` for a word
+that begins with a prefix term. A term word answers to the keys its spelling asks for:
+
+=============  ===============================================================
+``word``       the word, with repeats collapsed, and (in a language with affixes)
+               with that language's prefixes and suffixes
+``stem+``      the stem followed by one of the language's suffixes
+``stem*``      any word that begins with the stem
+=============  ===============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from talos_moderation.policy.indexes import AffixIndex, MaskIndex, SubstringIndex, unspaced
+from talos_moderation.policy.normalize import collapse, forms, mask_readings, normalize, plain, tokens
+
+# Neighbouring words of at most this many letters are also read joined up ("c h i l d").
+SHORT_WORD = 3
+LONGEST_JOIN = 16
+_CACHE_LIMIT = 50_000
+
+Phrase = tuple[frozenset[str], ...]  # for each word, the keys it answers to
+
+
+def entry_words(entry: str) -> list[tuple[str, str]]:
+    """(word, marker) of a rule entry, normalised like prompts; marker is ``""``, ``+`` or ``*``."""
+    out: list[tuple[str, str]] = []
+    for piece in entry.split():
+        marker = piece[-1] if piece[-1] in "+*" and len(piece) > 1 else ""
+        words = [plain(t) for t in tokens(normalize(piece[:-1] if marker else piece))]
+        words = [w for w in words if w]
+        out.extend((w, "") for w in words[:-1])
+        if words:
+            out.append((words[-1], marker))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WordInfo:
+    """Everything the matcher needs about one word, worked out once per distinct word."""
+
+    word: str
+    plain: str
+    # The word has one reading only: joins with it need no further reading.
+    simple: bool
+    keys: frozenset[str]
+    # Lists with a one-word term here (whole word, with affixes, or inside the word).
+    singles: frozenset[str]
+    # (list, phrase) of terms of two words or more that may start here.
+    starts: tuple[tuple[str, Phrase], ...]
+    # (list, phrase) of exception phrases that may start here.
+    exception_starts: tuple[tuple[str, Phrase], ...]
+    # Whether a term may start here at all (most words: no).
+    active: bool
+    # The word can begin a term written together with its neighbours.
+    may_join: bool
+    # Short enough to be part of a spaced-out word ("c h i l d", "chi ld").
+    short: bool
+
+
+def base_list(name: str) -> str:
+    """``minor~es`` (a weak term of one language) belongs to ``minor``."""
+    return name.split("~", 1)[0]
+
+
+@dataclass
+class Matcher:
+    """Every term list, indexed together so a text's words are scanned once."""
+
+    substring_min: int = 0
+    # Lists whose long terms are also found inside longer words.
+    substring_lists: frozenset[str] = frozenset()
+    # Key -> lists with a one-word term answering to it.
+    _single: dict[str, set[str]] = field(default_factory=dict)
+    # Key of a first word -> (list, phrase) of terms of two words or more.
+    _first: dict[str, list[tuple[str, Phrase]]] = field(default_factory=dict)
+    # Terms written together ("little girl" -> "littlegirl") -> list names.
+    _joined: dict[str, set[str]] = field(default_factory=dict)
+    _joined_collapsed: dict[str, set[str]] = field(default_factory=dict)
+    _long: SubstringIndex = field(default_factory=SubstringIndex)
+    _unspaced: SubstringIndex = field(default_factory=SubstringIndex)
+    _unspaced_exceptions: SubstringIndex = field(default_factory=SubstringIndex)
+    _affixes: AffixIndex = field(default_factory=AffixIndex)
+    _masks: MaskIndex = field(default_factory=MaskIndex)
+    # Stems of ``stem*`` terms, probed by length.
+    _prefix_lengths: list[int] = field(default_factory=list)
+    _prefix_stems: set[str] = field(default_factory=set)
+    _word_exceptions: frozenset[str] = frozenset()
+    _prefix_exceptions: tuple[str, ...] = ()
+    _longest: int = 0
+    # Every beginning of a term written together (and of its collapsed form).
+    _prefixes: set[str] = field(default_factory=set)
+    _cache: dict[str, WordInfo] = field(default_factory=dict)
+    # The cached words at which a term (an exception phrase) may start.
+    _active_words: set[str] = field(default_factory=set)
+    _exception_words: set[str] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def add_language(self, lang: str, prefixes: Iterable[str], suffixes: Iterable[str]) -> None:
+        """Declares a language whose terms take these prefixes and suffixes."""
+        self._affixes.add_language(lang, prefixes, suffixes)
+
+    def _word_keys(self, word: str, marker: str, lang: str) -> frozenset[str]:
+        if marker == "+":
+            if not self._affixes.has(lang):
+                raise ValueError(f"'{word}+' needs a language with suffixes")
+            self._affixes.vocab[lang].add(word)
+            return frozenset({f"{lang}:{word}+"})
+        if marker == "*":
+            self._prefix_stems.add(word)
+            self._prefix_lengths = sorted({*self._prefix_lengths, len(word)})
+            return frozenset({word + "*"})
+        keys = {word, "~" + collapse(word)}
+        if self._affixes.has(lang):
+            self._affixes.vocab[lang].add(word)
+            keys.add(f"{lang}:{word}")
+        return frozenset(keys)
+
+    def add(self, name: str, entries: Iterable[str], exceptions: Iterable[str] = (), lang: str = "") -> None:
+        count = 0
+        for entry in entries:
+            words = entry_words(entry)
+            if not words:
+                continue
+            count += 1
+            phrase = tuple(self._word_keys(w, m, lang) for w, m in words)
+            joined = "".join(w for w, _ in words)
+            if len(words) == 1:
+                for key in phrase[0]:
+                    self._single.setdefault(key, set()).add(name)
+                # Words a masked spelling may stand for: the term, or each ending of a stem.
+                endings = self._affixes.endings.get(lang, []) if words[0][1] == "+" else [""]
+                for ending in endings:
+                    self._masks.add(joined + ending)
+            else:
+                self._add_phrase(name, phrase)
+            if any(m for _, m in words):
+                continue
+            if unspaced(joined):
+                self._unspaced.add(joined, name)
+                continue
+            self._joined.setdefault(joined, set()).add(name)
+            self._joined_collapsed.setdefault(collapse(joined), set()).add(name)
+            for form in (joined, collapse(joined)):
+                self._prefixes.update(form[:k] for k in range(1, len(form) + 1))
+            self._longest = max(self._longest, len(joined))
+            if self.substring_min and len(joined) >= self.substring_min and name in self.substring_lists:
+                self._long.add(joined, name)
+        self.sizes[name] = self.sizes.get(name, 0) + count
+        for entry in exceptions:
+            words = entry_words(entry)
+            if not words:
+                continue
+            joined = "".join(w for w, _ in words)
+            if unspaced(joined):
+                self._unspaced_exceptions.add(joined, name)
+            self._add_phrase("!" + name, tuple(self._word_keys(w, m, lang) for w, m in words))
+        self._clear_cache()
+
+    def _add_phrase(self, name: str, phrase: Phrase) -> None:
+        for key in phrase[0]:
+            self._first.setdefault(key, []).append((name, phrase))
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._active_words.clear()
+        self._exception_words.clear()
+
+    def set_substring_exceptions(self, words: Iterable[str]) -> None:
+        """Words inside which a long or ``stem*`` term does not count (``infantry``); an entry
+        ending in ``*`` covers every word that begins with it."""
+        whole: set[str] = set()
+        starts: set[str] = set()
+        for entry in words:
+            for word, marker in entry_words(entry):
+                (starts if marker == "*" else whole).add(word)
+        self._word_exceptions = frozenset(whole)
+        self._prefix_exceptions = tuple(sorted(starts))
+        self._clear_cache()
+
+    def _excepted(self, form: str) -> bool:
+        return form in self._word_exceptions or form.startswith(self._prefix_exceptions or ("\0",))
+
+    def keys(self, exact: Iterable[str], collapsed: Iterable[str]) -> set[str]:
+        keys = set(exact)
+        keys.update("~" + c for c in collapsed)
+        for form in exact:
+            keys.update(self._affixes.keys(form))
+            for size in self._prefix_lengths:
+                if size > len(form):
+                    break
+                if form[:size] in self._prefix_stems and not self._excepted(form):
+                    keys.add(form[:size] + "*")
+        return keys
+
+    def _inside(self, form: str) -> set[str]:
+        """Lists with a term inside ``form``: long terms, and terms of unspaced scripts."""
+        found: set[str] = set()
+        if len(form) >= self.substring_min and not self._excepted(form):
+            for _, _, names in self._long.hits(form):
+                found.update(names)
+        if unspaced(form):
+            covered: dict[str, set[int]] = {}
+            for start, end, names in self._unspaced_exceptions.hits(form):
+                for name in names:
+                    covered.setdefault(name, set()).update(range(start, end))
+            for start, end, names in self._unspaced.hits(form):
+                for name in names:
+                    cover = covered.get(base_list(name))
+                    if cover is None or not cover.issuperset(range(start, end)):
+                        found.add(name)
+        return found
+
+    def info(self, word: str) -> WordInfo:
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        exact, collapsed = forms(word)
+        keys = self.keys(exact, collapsed)
+        singles: set[str] = set()
+        starts: list[tuple[str, Phrase]] = []
+        for key in keys:
+            singles.update(self._single.get(key, ()))
+            starts.extend(self._first.get(key, ()))
+        for form in exact:
+            singles.update(self._inside(form))
+        unique = tuple(dict.fromkeys(starts))
+        terms = tuple(s for s in unique if s[0][0] != "!")
+        simple = len(exact) == 1 and not collapsed and word in exact
+        result = WordInfo(
+            word=word,
+            plain=plain(word),
+            simple=simple,
+            keys=frozenset(keys),
+            singles=frozenset(singles),
+            starts=terms,
+            exception_starts=tuple((name[1:], phrase) for name, phrase in unique if name[0] == "!"),
+            active=bool(singles or terms),
+            may_join=not simple or word in self._prefixes,
+            short=len(word) <= SHORT_WORD,
+        )
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._clear_cache()
+        self._cache[word] = result
+        if result.active:
+            self._active_words.add(word)
+        if result.exception_starts:
+            self._exception_words.add(word)
+        return result
+
+    def find(self, words: Sequence[str], wanted: Collection[str]) -> set[str]:
+        """The names of the ``wanted`` lists with a term in ``words`` (normalised words of one text)."""
+        return self.scan(words, wanted)[0]
+
+    def scan(self, words: Sequence[str], wanted: Collection[str]) -> tuple[set[str], list[WordInfo]]:
+        """``find``, and what was worked out about each word."""
+        cache = self._cache
+        infos = [cache.get(w) or self.info(w) for w in words]
+        hits: list[tuple[str, int, int]] = []  # (list, start, end) of each term occurrence
+        active = self._active_words.intersection(words)
+        for i, info in enumerate(infos) if active else ():
+            if not info.active:
+                continue
+            for name in info.singles:
+                if name in wanted:
+                    hits.append((name, i, i + 1))
+            for name, phrase in info.starts:
+                if name in wanted and _phrase_at(infos, i, phrase):
+                    hits.append((name, i, i + len(phrase)))
+        found: set[str] = set()
+        if hits:
+            covered = self._covered(infos, {base_list(name) for name, _, _ in hits})
+            for name, start, end in hits:
+                cover = covered.get(base_list(name))
+                if cover is None or not any(k in cover for k in range(start, end)):
+                    found.add(name)
+        joined_terms = self._joined
+        for joined, simple in _joins(infos, self._longest):
+            names = joined_terms.get(joined)
+            if names:
+                found.update(n for n in names if n in wanted)
+            if simple:
+                continue
+            exact, collapsed = forms(joined)
+            for key in exact:
+                found.update(n for n in joined_terms.get(key, ()) if n in wanted)
+            for key in collapsed:
+                found.update(n for n in self._joined_collapsed.get(key, ()) if n in wanted)
+        return found, infos
+
+    def find_masked(self, words: Iterable[str], wanted: Collection[str]) -> set[str]:
+        """Lists with a term that a masked word (``n*ked``) can stand for, or that it spells
+        with the masks dropped (``c*h*i*l*d``)."""
+        found: set[str] = set()
+        for word in words:
+            for pattern in mask_readings(word):
+                for term in self._masks.matches(pattern):
+                    found.update(n for n in self.info(term).singles if n in wanted)
+                found.update(n for n in self.info(pattern.replace("?", "")).singles if n in wanted)
+        return found
+
+    def _covered(self, infos: Sequence[WordInfo], names: set[str]) -> dict[str, set[int]]:
+        """Positions inside exception phrases, for the lists that had a hit."""
+        covered: dict[str, set[int]] = {}
+        if self._exception_words.isdisjoint(info.word for info in infos):
+            return covered
+        for i, info in enumerate(infos):
+            for name, phrase in info.exception_starts:
+                if name in names and _phrase_at(infos, i, phrase):
+                    covered.setdefault(name, set()).update(range(i, i + len(phrase)))
+        return covered
+
+
+def _phrase_at(infos: Sequence[WordInfo], i: int, phrase: Phrase) -> bool:
+    """Whether the phrase's words follow from position i (its first word is known to match)."""
+    if i + len(phrase) > len(infos):
+        return False
+    for k in range(1, len(phrase)):
+        if phrase[k].isdisjoint(infos[i + k].keys):
+            return False
+    return phrase[0].isdisjoint(infos[i].keys) is False
+
+
+def _joins(infos: Sequence[WordInfo], longest: int) -> Iterator[tuple[str, bool]]:
+    """Neighbouring words read together: every pair, and every window of a run of short words.
+
+    Yields (joined, simple): simple when the joined word needs no leetspeak or repeat reading.
+    Words that cannot begin any term written together are skipped without joining.
+    """
+    n = len(infos)
+    limit = longest + 4
+    run_start = -1  # start of the current run of short words
+    for i in range(n):
+        a = infos[i]
+        if a.short:
+            if run_start < 0:
+                run_start = i
+        else:
+            if run_start >= 0 and i - run_start >= 3:
+                yield from _windows(infos, run_start, i)
+            run_start = -1
+        if a.may_join and i + 1 < n:
+            b = infos[i + 1]
+            if len(a.word) + len(b.word) <= limit:
+                yield a.word + b.word, a.simple and b.simple and a.word[-1] != b.word[0]
+    if run_start >= 0 and n - run_start >= 3:
+        yield from _windows(infos, run_start, n)
+
+
+def _windows(infos: Sequence[WordInfo], i: int, j: int) -> Iterator[tuple[str, bool]]:
+    """Windows of three or more words of the short-word run infos[i:j] (pairs come separately)."""
+    for start in range(i, j - 2):
+        if not infos[start].may_join:
+            continue
+        length = len(infos[start].word) + len(infos[start + 1].word)
+        for end in range(start + 3, j + 1):
+            length += len(infos[end - 1].word)
+            if length > LONGEST_JOIN:
+                break
+            yield "".join(info.word for info in infos[start:end]), False
