@@ -110,7 +110,7 @@ async def test_busy_unsupported_and_cancel(peer: RelayPeer, engine: Engine) -> N
         stream.send_job(job("too-many-steps", steps=10_000))
         first = await stream.next()
         assert first.WhichOneof("msg") == "accepted" and first.accepted.job_id == "long"
-        rejected = {}
+        rejected: dict[str, str] = {}
         while len(rejected) < 3:
             message = await stream.next()
             if message.WhichOneof("msg") == "rejected":

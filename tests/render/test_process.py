@@ -68,6 +68,15 @@ def test_a_bad_size_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert "TALOS_READY" not in done.stdout
 
 
+def test_a_compile_mode_with_its_own_cuda_graphs_fails_at_start_naming_it(tmp_path: Path) -> None:
+    done = run_to_exit(
+        node_env(tmp_path, TALOS_RENDER_COMPILE_MODE="reduce-overhead", TALOS_RENDER_RELAY="127.0.0.1:9")
+    )
+    assert done.returncode == 2
+    assert "TALOS_RENDER_COMPILE_MODE" in done.stderr
+    assert "TALOS_READY" not in done.stdout
+
+
 async def test_node_process_ready_health_metrics_and_sigterm_hand_back(
     render_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -97,6 +106,7 @@ async def test_node_process_ready_health_metrics_and_sigterm_hand_back(
 
         stream = await relay.next_stream()
         assert stream.hello.model == "talos-tiny-test"
+        assert stream.hello.concurrency == 1  # auto: one job at a time on a CPU
         stream.send_job(
             relay_pb2.RenderJob(
                 job_id="in-hand",

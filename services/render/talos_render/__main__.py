@@ -19,8 +19,8 @@ from talos_common import logs
 from talos_common import server as common_server
 from talos_common.settings import SettingsError
 from talos_common.settings import load as load_settings
-from talos_render import modelcheck
-from talos_render.config import PREFIX, Settings, parse_size
+from talos_render import config, modelcheck
+from talos_render.config import PREFIX, Settings
 
 log = logging.getLogger("talos_render")
 
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logs.configure("render", settings.log_level)
     try:
-        for size in settings.sizes:
-            parse_size(size)  # a bad size fails here, not after the model has loaded
+        config.check(settings)  # a bad size or choice fails here, not after the model has loaded
     except ValueError as exc:
         print(f"talos-render: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,13 +1,13 @@
-"""The generation engine: one SDXL pipeline held on its device, one job per worker thread.
+"""The generation engine: one SDXL pipeline held on its device, one batching render worker.
 
-The denoising loop runs in a worker thread (never on the asyncio loop). After every step a
-callback reports progress through a non-blocking function, adds a small JPEG preview every few
-steps (a linear latent-to-RGB map of the predicted clean latents, never the VAE), and checks the
-job's cancel flag, so a cancel stops the loop within one step and frees the device. The final
-image is decoded by the VAE and encoded (PNG, WebP or JPEG) in another thread.
+Jobs are prepared (text encoding, scheduler, seed-derived noise) on a preparation thread,
+denoised together by the render worker (:mod:`talos_render.batching`: jobs join and leave
+the batch between steps), decoded by the VAE on a decode thread, and encoded (PNG, WebP or
+JPEG) on an encoding pool. The asyncio loop never does any of it.
 
-The same request and seed give the same pixels: the initial noise always comes from a CPU
-generator seeded with the job's seed.
+Same request and seed, same picture: a job's initial noise comes from a CPU generator seeded
+with its seed, whatever it is batched with. Rendered alone it is stock diffusers' picture,
+bit for bit; inside a batch it may differ by rounding (docs/render.md, *Batching*).
 """
 
 from __future__ import annotations
@@ -15,53 +15,31 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from talos_render import acceleration as accel
+from talos_render.acceleration import Acceleration
+from talos_render.batching import BatchWorker
+from talos_render.decode import Decoder, latents_to_pixels
+from talos_render.jobs import Cancelled, Rendered, RenderOutput, RenderRequest, make_job
 from talos_render.loading import LoadedModel
+from talos_render.prepare import Preparer
+from talos_render.previews import Previewer, ProgressCallback
+from talos_render.unet_runner import EagerUNet, GraphedUNet, all_buckets
+
+__all__ = ["FORMATS", "Cancelled", "Engine", "ProgressCallback", "RenderOutput", "RenderRequest", "encode"]
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
-
-# Called from the worker thread after each step: (step, total_steps, preview_jpeg or b"").
-# It must never block: the denoising loop waits for it.
-ProgressCallback = Callable[[int, int, bytes], None]
-
-
-@dataclass(frozen=True)
-class RenderRequest:
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int
-    output_format: str = "png"
-    preview_every: int = 0
-
-
-@dataclass(frozen=True)
-class RenderOutput:
-    image: bytes
-    output_format: str
-    width: int
-    height: int
-    render_seconds: float
-
-
-class Cancelled(Exception):
-    """The job's cancel flag was set; the loop stopped after the step in progress."""
 
 
 def encode(pixels: np.ndarray, output_format: str) -> bytes:
@@ -80,70 +58,8 @@ def encode(pixels: np.ndarray, output_format: str) -> bytes:
     return out.getvalue()
 
 
-class Previewer:
-    """Latents → a small JPEG through a linear map, a few hundred microseconds a preview."""
-
-    def __init__(self, latent_rgb: dict[str, Any], device: torch.device, size: int) -> None:
-        self.factors = torch.tensor(latent_rgb["factors"], dtype=torch.float32, device=device)
-        self.bias = torch.tensor(latent_rgb["bias"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.size = max(16, size)
-
-    def rgb(self, latents: torch.Tensor) -> np.ndarray:
-        lat = latents[:1].float()
-        height, width = lat.shape[-2:]
-        factor = max(1, math.ceil(max(height, width) / self.size))
-        if factor > 1:
-            lat = torch.nn.functional.avg_pool2d(lat, factor, ceil_mode=True)
-        rgb = torch.einsum("bchw,cr->brhw", lat, self.factors) + self.bias
-        rgb8 = ((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
-        return rgb8[0].permute(1, 2, 0).contiguous().cpu().numpy()
-
-    def jpeg(self, latents: torch.Tensor, width: int, height: int) -> bytes:
-        image = Image.fromarray(self.rgb(latents), "RGB")
-        scale = self.size / max(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=70)
-        return out.getvalue()
-
-
-def optimize(model: LoadedModel, compile_mode: str | None) -> None:
-    """The GPU fast path: bf16 everywhere (set at load), SDPA with fused QKV, channels-last,
-    TF32 matmuls and, when asked, ``torch.compile`` of the UNet and the VAE decoder."""
-    if model.device.type != "cuda":
-        return
-    pipe = model.pipe
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
-    pipe.vae.set_attn_processor(AttnProcessor2_0())
-    try:
-        pipe.fuse_qkv_projections()
-    except Exception as exc:  # an exotic attention layout keeps the unfused path
-        log.warning("fused QKV projections unavailable", extra={"error": str(exc)})
-    pipe.unet.to(memory_format=torch.channels_last)
-    pipe.vae.to(memory_format=torch.channels_last)
-    if model.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
-        # SDXL's original VAE overflows in fp16; keep it in fp32 rather than upcast per image.
-        pipe.vae.to(torch.float32)
-    if compile_mode:
-        import torch._inductor.config as inductor
-
-        inductor.conv_1x1_as_mm = True
-        inductor.coordinate_descent_tuning = True
-        inductor.epilogue_fusion = False
-        inductor.coordinate_descent_check_all_directions = True
-        pipe.unet.compile(mode=compile_mode, fullgraph=True, dynamic=False)
-        pipe.vae.decoder.compile(mode=compile_mode, fullgraph=True, dynamic=False)
-
-
 class Engine:
-    """Runs render requests on a loaded model, ``concurrency`` at a time."""
+    """Renders requests on a loaded model, up to ``max_batch`` of them in one UNet batch."""
 
     def __init__(
         self,
@@ -151,164 +67,236 @@ class Engine:
         *,
         preview_size: int = 128,
         min_preview_every: int = 1,
-        concurrency: int = 1,
-        compile_mode: str | None = None,
+        max_batch: int = 1,
+        batch_window_ms: float = 0.0,
+        acceleration: Acceleration | None = None,
+        preview_threads: int = 2,
         on_step: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
+        self.max_batch = max(1, max_batch)
         self.min_preview_every = max(1, min_preview_every)
+        self.acceleration = acceleration or Acceleration()
+        self.cuda = model.device.type == "cuda"
+        accel.optimize(model, self.acceleration)
+        self.compile = accel.compile_enabled(self.acceleration, model.device)
+        pipe = model.pipe
         self.previewer = Previewer(model.latent_rgb, model.device, preview_size)
-        self.concurrency = max(1, concurrency)
-        self._render_pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="render")
+        self.unet = EagerUNet(pipe.unet, None, None)
+        self.decoder = Decoder(pipe.vae, model.device)
+        self._preview_pool = ThreadPoolExecutor(
+            max_workers=max(1, preview_threads), thread_name_prefix="preview"
+        )
         self._encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
-        self._on_step = on_step
+        self.worker = BatchWorker(
+            self.unet,
+            Preparer(pipe, model.device, model.dtype),
+            self.decoder,
+            self.previewer,
+            device=model.device,
+            max_batch=self.max_batch,
+            window_seconds=batch_window_ms / 1000.0,
+            on_step=on_step,
+        )
         self.seconds_per_step = 0.0
-        optimize(model, compile_mode)
+        # What warm-up chose, for logs and benchmarks.
+        self.report: dict[str, Any] = {"compiled": False, "cuda_graphs": False, "attention": "default"}
 
     def close(self) -> None:
-        self._render_pool.shutdown(wait=True, cancel_futures=True)
+        self.worker.close()
+        self.decoder.close()
+        self._preview_pool.shutdown(wait=True, cancel_futures=True)
         self._encode_pool.shutdown(wait=True, cancel_futures=True)
-
-    # -- the pipeline a job uses -------------------------------------------------------------
-    def _job_pipeline(self) -> tuple[Any, dict[str, torch.Tensor]]:
-        """A view of the shared pipeline with its own scheduler (schedulers keep per-run state),
-        whose ``step`` also hands us the predicted clean latents for the previews."""
-        base = self.model.pipe
-        scheduler = type(base.scheduler).from_config(base.scheduler.config)
-        components = {**base.components, "scheduler": scheduler}
-        pipe = type(base)(
-            **components,
-            force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        seen: dict[str, torch.Tensor] = {}
-        step = scheduler.step
-
-        def step_and_keep(*args: Any, **kwargs: Any) -> Any:
-            out = step(*args, **kwargs)
-            predicted = out[1] if isinstance(out, tuple) else getattr(out, "pred_original_sample", None)
-            if isinstance(predicted, torch.Tensor):
-                seen["x0"] = predicted
-            return out
-
-        scheduler.step = step_and_keep
-        return pipe, seen
 
     def preview_interval(self, request: RenderRequest) -> int:
         if request.preview_every <= 0:
             return 0
         return max(request.preview_every, self.min_preview_every)
 
-    # -- blocking work (worker threads) ------------------------------------------------------
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(
+        self, request: RenderRequest, on_progress: ProgressCallback, cancel: threading.Event
+    ) -> Future[Rendered]:
+        """Queues a job; the future gives its pixels, or raises Cancelled (or the error)."""
+        job = make_job(request, on_progress, cancel, self._preview_pool, self.preview_interval(request))
+        self.worker.submit(job)
+        return job.future
+
     def render_pixels(
         self, request: RenderRequest, on_progress: ProgressCallback, cancel: threading.Event
     ) -> tuple[np.ndarray, float]:
-        """Runs the denoising loop and the VAE; returns (H×W×3 uint8 pixels, loop seconds)."""
-        if cancel.is_set():
-            raise Cancelled()
-        pipe, seen = self._job_pipeline()
-        total = request.steps
-        every = self.preview_interval(request)
-        previewer = self.previewer
+        """Blocking: (H×W×3 uint8 pixels, seconds the job spent in the denoising loop)."""
+        rendered = self.submit(request, on_progress, cancel).result()
+        return rendered.pixels, rendered.loop_seconds
 
-        def on_step_end(_pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            step = index + 1
-            preview = b""
-            if every and step % every == 0 and step < total:
-                preview = previewer.jpeg(seen.get("x0", tensors["latents"]), request.width, request.height)
-            if self._on_step is not None:
-                self._on_step()
-            on_progress(step, total, preview)
-            if cancel.is_set():
-                raise Cancelled()
-            return {}
-
-        generator = torch.Generator("cpu").manual_seed(int(request.seed))
-        started = time.perf_counter()
-        with torch.inference_mode():
-            latents = pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                generator=generator,
-                output_type="latent",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
-            if self.model.device.type == "cuda":
-                torch.cuda.synchronize(self.model.device)
-            loop_seconds = time.perf_counter() - started
-            pixels = self.decode(latents)
-        return pixels, loop_seconds
-
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.model.pipe.vae
-        config = vae.config
-        latents = latents.to(next(vae.post_quant_conv.parameters()).dtype)
-        mean = getattr(config, "latents_mean", None)
-        std = getattr(config, "latents_std", None)
-        if mean is not None and std is not None:
-            channels = latents.shape[1]
-            mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
-            std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std_t / config.scaling_factor + mean_t
-        else:
-            latents = latents / config.scaling_factor
-        if self.model.device.type == "cuda":
-            latents = latents.contiguous(memory_format=torch.channels_last)
-        image = vae.decode(latents, return_dict=False)[0]
-        pixels = ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return np.ascontiguousarray(pixels[0].permute(1, 2, 0).cpu().numpy())
-
-    # -- the asyncio face --------------------------------------------------------------------
     async def render(
         self, request: RenderRequest, on_progress: ProgressCallback, cancel: threading.Event
     ) -> RenderOutput:
-        """Renders in a worker thread and encodes in another; the event loop keeps serving."""
+        """Renders (batched with whatever else is running) and encodes off the event loop."""
         loop = asyncio.get_running_loop()
         fmt = request.output_format.lower() or "png"
         if fmt not in FORMATS:
             raise ValueError(f"unsupported output format {request.output_format!r}")
-        pixels, seconds = await loop.run_in_executor(
-            self._render_pool, self.render_pixels, request, on_progress, cancel
-        )
+        rendered = await asyncio.wrap_future(self.submit(request, on_progress, cancel))
         if cancel.is_set():
             raise Cancelled()
-        data = await loop.run_in_executor(self._encode_pool, encode, pixels, fmt)
-        height, width = pixels.shape[:2]
-        return RenderOutput(image=data, output_format=fmt, width=width, height=height, render_seconds=seconds)
+        data = await loop.run_in_executor(self._encode_pool, encode, rendered.pixels, fmt)
+        height, width = rendered.pixels.shape[:2]
+        return RenderOutput(
+            image=data, output_format=fmt, width=width, height=height, render_seconds=rendered.loop_seconds
+        )
 
-    async def warmup_async(self, sizes: Sequence[tuple[int, int]], steps: int, compiled: bool) -> float:
-        """:meth:`warmup` on the render thread pool (compiled graphs stay on the threads that run jobs)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._render_pool, self.warmup, sizes, steps, compiled)
+    # -- warm-up -------------------------------------------------------------------------------
+    async def warmup_async(self, sizes: Sequence[tuple[int, int]], steps: int) -> float:
+        return await asyncio.to_thread(self.warmup, sizes, steps)
 
-    def warmup(self, sizes: Sequence[tuple[int, int]], steps: int, compiled: bool) -> float:
-        """Runs before the node reports ready: one generation per size bucket when compiled
-        (each shape compiles once), else one at the first size; returns seconds per step."""
+    def warmup(self, sizes: Sequence[tuple[int, int]], steps: int) -> float:
+        """Runs before the node reports ready. On CUDA: picks the attention backend, compiles,
+        captures the UNet for every size and row bucket, and renders once per size (which
+        compiles the VAE decoder for it). On a CPU: one render at the first size. Returns the
+        seconds per step of a job alone at the first size."""
         steps = max(2, steps)
-        buckets = list(sizes) if compiled else list(sizes[:1])
-        repeats = 2 if self.model.device.type == "cuda" else 1
+        sizes = list(sizes)
+        if self.cuda:
+            self.worker.call(lambda: self._accelerate(sizes)).result()
+            self._compile_decoder()
         seconds_per_step = 0.0
-        for index, (width, height) in enumerate(buckets):
-            for _ in range(repeats if index == 0 else 1):
-                request = RenderRequest(
-                    prompt="warm-up",
-                    negative_prompt="",
-                    width=width,
-                    height=height,
-                    steps=steps,
-                    guidance=5.0,
-                    seed=0,
-                    preview_every=1,
-                )
-                pixels, loop_seconds = self.render_pixels(request, lambda *_: None, threading.Event())
-                encode(pixels, "png")
+        for index, size in enumerate(sizes if self.cuda else sizes[:1]):
+            for _ in range(2 if self.cuda and index == 0 else 1):
+                loop_seconds = self._warm_render(size, steps)
                 if index == 0:
                     seconds_per_step = loop_seconds / steps
         self.seconds_per_step = seconds_per_step
         return seconds_per_step
+
+    def _warm_render(self, size: tuple[int, int], steps: int) -> float:
+        width, height = size
+        request = RenderRequest("warm-up", "", width, height, steps, 5.0, 0, preview_every=1)
+        try:
+            pixels, loop_seconds = self.render_pixels(request, lambda *_: None, threading.Event())
+        except Exception:
+            if not self.report.get("compiled_decoder"):
+                raise
+            log.exception("the compiled VAE decoder failed; decoding eagerly")
+            self.decoder.eager()
+            self.report["compiled_decoder"] = False
+            pixels, loop_seconds = self.render_pixels(request, lambda *_: None, threading.Event())
+        encode(pixels, "png")
+        return loop_seconds
+
+    def _compile_decoder(self) -> None:
+        if not self.compile:
+            return
+        vae = self.model.pipe.vae
+        decode = accel.compiled(
+            lambda latents: latents_to_pixels(vae, latents, channels_last=True),
+            self.acceleration.compile_mode,
+            dynamic=False,
+        )
+        self.decoder.use(decode)
+        self.report["compiled_decoder"] = True
+
+    def _accelerate(self, sizes: list[tuple[int, int]]) -> None:
+        """Render thread, before any job: attention choice, compile, CUDA graph capture."""
+        started = time.perf_counter()
+        like = self._sample_conditioning(sizes[0])
+        latent_scale = int(self.model.vae_scale_factor)
+        self._choose_attention(sizes[0], like, latent_scale)
+        if self.compile:
+            accel.configure_compiler(len(sizes))
+            self.unet.forward = accel.compiled(self.unet.unet, self.acceleration.compile_mode, dynamic=None)
+            self.unet.dynamic_batch = True
+            self.report["compiled"] = True
+        if self.acceleration.cuda_graphs:
+            graphed = self._capture(sizes, like, latent_scale)
+            if graphed is None and self.compile:
+                log.warning("compiled UNet could not be captured; capturing the eager UNet")
+                self.unet.forward = self.unet.unet
+                self.unet.dynamic_batch = False
+                self.report["compiled"] = False
+                graphed = self._capture(sizes, like, latent_scale)
+            if graphed is not None:
+                self.worker.unet = graphed
+                self.report["cuda_graphs"] = True
+                self.report["graphs"] = len(sizes) * len(all_buckets(self.max_batch))
+        elif self.compile:
+            try:
+                for size in sizes:
+                    self.unet(*self._dummy_inputs(size, 2, like, latent_scale))
+            except Exception:
+                log.exception("compiling the UNet failed; running it eagerly")
+                self.unet.forward = self.unet.unet
+                self.unet.dynamic_batch = False
+                self.report["compiled"] = False
+        torch.cuda.synchronize()
+        self.report["accelerate_seconds"] = round(time.perf_counter() - started, 1)
+        log.info("UNet ready", extra=dict(self.report))
+
+    def _capture(
+        self, sizes: list[tuple[int, int]], like: dict[str, torch.Tensor], latent_scale: int
+    ) -> GraphedUNet | None:
+        graphed = GraphedUNet(
+            self.unet, max_batch=self.max_batch, latent_scale=latent_scale, dtype=self.model.dtype
+        )
+        try:
+            for size in sizes:
+                for bucket in all_buckets(self.max_batch):
+                    graphed.capture(size, bucket, like)
+        except Exception:
+            log.exception("CUDA graph capture failed")
+            torch.cuda.synchronize()
+            return None
+        return graphed
+
+    def _sample_conditioning(self, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Real conditioning tensors (of a warm-up prompt) to size the graphs' buffers."""
+        width, height = size
+        job = make_job(
+            RenderRequest("warm-up", "", width, height, 2, 5.0, 0),
+            lambda *_: None,
+            threading.Event(),
+            self._preview_pool,
+            0,
+        )
+        self.worker.preparer.prepare(job)
+        torch.cuda.synchronize()
+        assert job.conditioning is not None
+        cond = job.conditioning
+        return {"embeds": cond.embeds, "pooled": cond.pooled, "time_ids": cond.time_ids}
+
+    def _dummy_inputs(
+        self, size: tuple[int, int], rows: int, like: dict[str, torch.Tensor], latent_scale: int
+    ) -> tuple[torch.Tensor, ...]:
+        width, height = size
+        channels = int(self.model.pipe.unet.config.in_channels)
+        device = self.model.device
+        sample = torch.randn(rows, channels, height // latent_scale, width // latent_scale, device=device)
+        return (
+            sample.to(self.model.dtype),
+            torch.full((rows,), 500.0, device=device),
+            like["embeds"][:1].expand(rows, -1, -1).contiguous(),
+            like["pooled"][:1].expand(rows, -1).contiguous(),
+            like["time_ids"][:1].expand(rows, -1).contiguous(),
+        )
+
+    def _choose_attention(
+        self, size: tuple[int, int], like: dict[str, torch.Tensor], latent_scale: int
+    ) -> None:
+        setting = self.acceleration.attention
+        if setting == "auto":
+            inputs = self._dummy_inputs(size, 2, like, latent_scale)
+            timings = accel.measure_attention(
+                lambda: self.unet.unet(
+                    inputs[0],
+                    inputs[1],
+                    encoder_hidden_states=inputs[2],
+                    added_cond_kwargs={"text_embeds": inputs[3], "time_ids": inputs[4]},
+                    return_dict=False,
+                )
+            )
+            self.report["attention_ms"] = {k: round(v, 2) for k, v in timings.items()}
+            if not timings:
+                return
+            setting = min(timings, key=lambda name: timings[name])
+        self.unet.attention = accel.sdpa_backends(accel.attention_order(setting))
+        self.report["attention"] = setting

@@ -30,6 +30,7 @@ import torch
 from talos.relay.v1 import relay_pb2, relay_pb2_grpc
 from talos_common import server as common_server
 from talos_common.logs import redact
+from talos_render import config
 from talos_render.config import Settings, parse_size
 from talos_render.engine import FORMATS, Cancelled, Engine, RenderRequest
 from talos_render.metrics import Metrics
@@ -111,10 +112,12 @@ class RelayLink:
         self.engine = engine
         self.metrics = metrics or Metrics()
         self.sizes = [parse_size(s) for s in settings.sizes]
+        # Told to the relay as its number of slots for this node; the engine batches them.
+        self.concurrency = config.concurrency(settings, engine.model.device.type)
         self.hello = relay_pb2.Hello(
             model=model_name,
             sizes=list(settings.sizes),
-            concurrency=max(1, settings.concurrency),
+            concurrency=self.concurrency,
             device=device,
             version=version,
             seconds_per_step=float(engine.seconds_per_step),
@@ -318,11 +321,7 @@ class RelayLink:
             return "unsupported"
         if len(job.prompt) + len(job.negative_prompt) > MAX_PROMPT_CHARS:
             return "unsupported"
-        if (
-            self._draining
-            or job.job_id in self._active
-            or len(self._active) >= max(1, self.settings.concurrency)
-        ):
+        if self._draining or job.job_id in self._active or len(self._active) >= self.concurrency:
             return "busy"
         return None
 

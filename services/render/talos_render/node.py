@@ -8,7 +8,8 @@ import time
 
 from talos_common import server as common_server
 from talos_common.settings import load as load_settings
-from talos_render import __version__, loading
+from talos_render import __version__, config, loading
+from talos_render.acceleration import Acceleration
 from talos_render.config import PREFIX, Settings, parse_size
 from talos_render.engine import Engine
 from talos_render.link import RelayLink
@@ -30,18 +31,18 @@ async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | 
     await health_server.start()
     await common_server.set_serving(health, [HEALTH_SERVICE], False)
     metrics_server, metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-    compiled = settings.compile and loaded.device.type == "cuda"
-    if settings.compile and not compiled:
-        log.warning("compile is only used on CUDA; running eagerly")
-    # Engine() applies the CUDA fast path (fused QKV, channels-last): torch work, off the loop,
-    # so the health server started above keeps answering meanwhile.
+    concurrency = config.concurrency(settings, loaded.device.type)
+    # Engine() applies the CUDA fast path (fused QKV, channels-last, float8): torch work, off the
+    # loop, so the health server started above keeps answering meanwhile.
     engine = await asyncio.to_thread(
         Engine,
         loaded,
         preview_size=settings.preview_size,
         min_preview_every=settings.preview_every,
-        concurrency=settings.concurrency,
-        compile_mode=settings.compile_mode if compiled else None,
+        max_batch=min(settings.max_batch, concurrency),
+        batch_window_ms=settings.batch_window_ms if concurrency > 1 else 0.0,
+        acceleration=Acceleration.from_settings(settings),
+        preview_threads=settings.preview_threads,
         on_step=metrics.steps.inc,
     )
     link: RelayLink | None = None
@@ -50,7 +51,7 @@ async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | 
         async with common_server.stop_signals() as stop:
             started = time.perf_counter()
             sizes = [parse_size(s) for s in settings.sizes]
-            seconds_per_step = await engine.warmup_async(sizes, settings.warmup_steps, compiled)
+            seconds_per_step = await engine.warmup_async(sizes, settings.warmup_steps)
             metrics.seconds_per_step.set(seconds_per_step)
             log.info(
                 "model ready",
@@ -61,7 +62,9 @@ async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | 
                     "load_seconds": round(loaded.load_seconds, 2),
                     "warmup_seconds": round(time.perf_counter() - started, 2),
                     "seconds_per_step": round(seconds_per_step, 4),
-                    "compiled": compiled,
+                    "concurrency": concurrency,
+                    "max_batch": engine.max_batch,
+                    **engine.report,
                 },
             )
             link = RelayLink(
