@@ -16,6 +16,8 @@ SERVICES = [
     ("talos_gateway", "TALOS_GATEWAY_GRPC_PORT", "TALOS_GATEWAY_DRAIN_GRACE_SECONDS"),
     ("talos_moderation", "TALOS_MODERATION_PORT", "TALOS_MODERATION_ONNX_THREADS"),
     ("talos_billing", "TALOS_BILLING_PORT", "TALOS_BILLING_POOL_SIZE"),
+    ("talos_render", "TALOS_RENDER_METRICS_PORT", "TALOS_RENDER_MAX_BATCH"),
+    ("talos_render", "TALOS_RENDER_HEALTH_PORT", "TALOS_RENDER_WARMUP_STEPS"),
 ]
 
 
@@ -35,6 +37,8 @@ def _run(package: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "TALOS_GATEWAY_PEER_PORT": "0",
         "TALOS_MODERATION_PORT": "0",
         "TALOS_BILLING_PORT": "0",
+        "TALOS_RENDER_HEALTH_PORT": "0",
+        "TALOS_RENDER_METRICS_PORT": "0",
     }
     return subprocess.run(
         [sys.executable, "-m", package],
@@ -57,7 +61,8 @@ def test_a_bad_setting_is_one_line_naming_it(package: str, port_variable: str, n
 def test_a_port_in_use_is_one_line_naming_its_variable(
     package: str, port_variable: str, number_variable: str, busy_port: int, tmp_path: object
 ) -> None:
-    done = _run(package, {port_variable: str(busy_port), "TALOS_BILLING_DATA_DIR": str(tmp_path)})
+    data = {"TALOS_BILLING_DATA_DIR": str(tmp_path), "TALOS_RENDER_DATA_DIR": str(tmp_path)}
+    done = _run(package, {port_variable: str(busy_port), **data})
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert port_variable in last and str(busy_port) in last and "Traceback" not in done.stderr, done.stderr

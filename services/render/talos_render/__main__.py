@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from talos_common import logs
-from talos_common import server as common_server
-from talos_common.settings import SettingsError
-from talos_common.settings import load as load_settings
+from talos_common.service import fail, load_settings
+from talos_common.service import main as run_service
 from talos_render import config, modelcheck
 from talos_render.config import PREFIX, Settings
 
 log = logging.getLogger("talos_render")
+PROGRAM = "talos-render"
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,16 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="auto, cpu or cuda (TALOS_RENDER_DEVICE)")
     parser.add_argument("--data-dir", help="where the built-in model is cached (TALOS_RENDER_DATA_DIR)")
+    parser.add_argument(
+        "--ca-file", help="verify the relay's TLS certificate against this CA bundle (TALOS_RENDER_CA_FILE)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="dial a relay that is not on loopback in plaintext: the token crosses in the clear "
+        "(TALOS_RENDER_INSECURE)",
+    )
     return parser
 
 
@@ -86,11 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "export-single-file":
         sys.exit(export_single_file(argv[1:]))
     args = _serve_parser().parse_args(argv)
-    try:
-        settings = load_settings(Settings, PREFIX)
-    except SettingsError as exc:
-        print(f"talos-render: {exc}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings(PROGRAM, Settings, PREFIX)
     overrides = {
         "relay": args.relay,
         "token": args.token,
@@ -98,35 +104,34 @@ def main(argv: list[str] | None = None) -> None:
         "config_dir": Path(args.config_dir) if args.config_dir else None,
         "device": args.device,
         "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "ca_file": Path(args.ca_file) if args.ca_file else None,
+        "insecure": args.insecure,
     }
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     logs.configure("render", settings.log_level)
     try:
         config.check(settings)  # a bad size or choice fails here, not after the model has loaded
     except ValueError as exc:
-        print(f"talos-render: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROGRAM, str(exc))
     try:
         modelcheck.precheck(settings)  # fail fast, before importing torch
     except modelcheck.ModelError as exc:
         log.error("the model cannot be loaded", extra={"error": str(exc)})
-        print(f"talos-render: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROGRAM, str(exc))
 
     from talos_render import loading
-    from talos_render.node import serve
+    from talos_render.node import create_server
 
     try:
         loaded = loading.load(settings)
     except loading.ModelError as exc:
         log.error("the model cannot be loaded", extra={"error": str(exc)})
-        print(f"talos-render: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROGRAM, str(exc))
     log.info(
         "model loaded",
         extra={"model": loaded.name, "source": loaded.source, "seconds": round(loaded.load_seconds, 2)},
     )
-    common_server.run(lambda: serve(settings, loaded))
+    run_service("render", Settings, PREFIX, lambda s: create_server(s, loaded), settings=settings)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ class Settings:
     relay: str = "127.0.0.1:50052"
     # The node token billing issued; sent as `authorization: Bearer <token>`, never logged.
     token: str = ""
+    # The relay is verified over TLS against this CA bundle, or the system roots when empty.
+    # A relay on loopback is dialled in plaintext unless a CA file is given; anything else
+    # only over TLS, unless insecure says plaintext (the token then crosses in the clear).
+    ca_file: Path | None = None
+    insecure: bool = False
     # "builtin" (the tiny test model), a diffusers folder, or a single .safetensors checkpoint.
     model: str = BUILTIN
     # For a single-file checkpoint: a local diffusers-layout folder with the configs and
@@ -125,6 +130,8 @@ def check(settings: Settings) -> None:
     """Start-up validation of the settings that have a fixed set of values (ValueError names them)."""
     for size in settings.sizes:
         parse_size(size)
+    if settings.ca_file is not None and not settings.ca_file.is_file():
+        raise ValueError(f"{PREFIX}CA_FILE={settings.ca_file}: no such file")
     if settings.compile.strip().lower() not in COMPILE_VALUES:
         raise ValueError(f"{PREFIX}COMPILE={settings.compile!r}: use auto, on or off")
     if settings.compile_mode in MODES_WITH_CUDA_GRAPHS:

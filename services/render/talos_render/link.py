@@ -23,12 +23,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import torch
 
 from talos.relay.v1 import relay_pb2, relay_pb2_grpc
 from talos_common import server as common_server
+from talos_common import tls
 from talos_common.logs import redact
 from talos_render import config
 from talos_render.config import Settings, parse_size
@@ -123,6 +125,8 @@ class RelayLink:
             seconds_per_step=float(engine.seconds_per_step),
         )
         self._active: dict[str, ActiveJob] = {}
+        # The name each resolved address was found under: TLS verifies that name, not the address.
+        self._server_names: dict[str, str] = {}
         self._streams: set[Stream] = set()
         self._connections: dict[str, asyncio.Task[None]] = {}
         self._retired: set[str] = set()
@@ -179,8 +183,25 @@ class RelayLink:
             # "localhost" gives ::1 and 127.0.0.1: one relay, not two replicas.
             if len(addresses) > 1 and all(ipaddress.ip_address(a).is_loopback for a in addresses):
                 addresses = addresses[:1]
-            targets += [join_host_port(a, port) for a in addresses]
+            for address in addresses:
+                target = join_host_port(address, port)
+                self._server_names[target] = host
+                targets.append(target)
         return list(dict.fromkeys(targets))
+
+    def _channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        """TLS to anything but loopback (or whenever a CA file is given); plaintext only if told."""
+        name = self._server_names.get(target, split_host_port(target)[0])
+        settings = self.settings
+        plaintext = settings.insecure or (
+            settings.ca_file is None and tls.is_loopback(target) and tls.is_loopback(name)
+        )
+        if plaintext:
+            return grpc.aio.insecure_channel(target, options=options)
+        credentials = tls.channel_credentials(settings.ca_file)
+        return grpc.aio.secure_channel(
+            target, credentials, options=[*options, ("grpc.ssl_target_name_override", name)]
+        )
 
     async def run(self) -> None:
         """Dials every relay address and keeps the set current until :meth:`shutdown`."""
@@ -246,7 +267,7 @@ class RelayLink:
             common_server.message_size_options(MAX_MESSAGE_BYTES) + common_server.KEEPALIVE_CLIENT_OPTIONS
         )
         heartbeat: asyncio.Task[None] | None = None
-        channel = grpc.aio.insecure_channel(target, options=options)
+        channel = self._channel(target, options)
         try:
             stub = relay_pb2_grpc.RelayServiceStub(channel)
             call = stub.Connect(

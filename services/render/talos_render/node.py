@@ -1,13 +1,22 @@
-"""The render node process: load once, warm up, report ready, serve the relay, drain on SIGTERM."""
+"""The render node process: load once, warm up, report ready, serve the relay, drain on SIGTERM.
+
+:func:`create_server` loads the model and binds health and metrics; :meth:`RenderNode.start`
+warms up and dials the relay; :meth:`RenderNode.stop` drains.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
+from typing import Any
+
+import grpc
 
 from talos_common import server as common_server
-from talos_common.settings import load as load_settings
+from talos_common.server import PortInUse
+from talos_common.settings import env_name
 from talos_render import __version__, config, loading
 from talos_render.acceleration import Acceleration
 from talos_render.config import PREFIX, Settings, parse_size
@@ -21,19 +30,116 @@ log = logging.getLogger(__name__)
 HEALTH_SERVICE = "talos.render.Node"
 
 
-async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | None = None) -> None:
-    settings = settings or load_settings(Settings, PREFIX)
+class RenderNode:
+    """One node: its health server and metrics (bound), engine and relay link."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: loading.LoadedModel,
+        metrics: Metrics,
+        engine: Engine,
+        server: grpc.aio.Server,
+        health: Any,
+        port: int,
+        metrics_server: Any,
+        metrics_port: int,
+    ) -> None:
+        self.settings = settings
+        self.loaded = loaded
+        self.metrics = metrics
+        self.engine = engine
+        self.server = server
+        self.health = health
+        self.port = port
+        self.metrics_server = metrics_server
+        self.metrics_port = metrics_port
+        self.link: RelayLink | None = None
+        self.link_task: asyncio.Task[None] | None = None
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "health": f"{s.health_host}:{self.port}",
+            "metrics": f"{s.metrics_host}:{self.metrics_port}",
+            "model": self.loaded.name,
+            "device": self.loaded.describe_device(),
+        }
+
+    async def start(self) -> None:
+        """Serves health (not serving yet), warms up every size, then dials the relay."""
+        settings, loaded, engine = self.settings, self.loaded, self.engine
+        await self.server.start()
+        await common_server.set_serving(self.health, [HEALTH_SERVICE], False)
+        started = time.perf_counter()
+        sizes = [parse_size(s) for s in settings.sizes]
+        seconds_per_step = await engine.warmup_async(sizes, settings.warmup_steps)
+        self.metrics.seconds_per_step.set(seconds_per_step)
+        log.info(
+            "model ready",
+            extra={
+                "model": loaded.name,
+                "device": loaded.describe_device(),
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "load_seconds": round(loaded.load_seconds, 2),
+                "warmup_seconds": round(time.perf_counter() - started, 2),
+                "seconds_per_step": round(seconds_per_step, 4),
+                "concurrency": config.concurrency(settings, loaded.device.type),
+                "max_batch": engine.max_batch,
+                **engine.report,
+            },
+        )
+        self.link = RelayLink(
+            settings,
+            engine,
+            model_name=loaded.name,
+            device=loaded.describe_device(),
+            version=__version__,
+            metrics=self.metrics,
+        )
+        self.metrics.ready.set(1)
+        await common_server.set_serving(self.health, [HEALTH_SERVICE], True)
+        self.link_task = asyncio.create_task(self.link.run())
+
+    async def stop(self) -> None:
+        """Hands back or finishes the jobs in hand within the grace, then closes everything."""
+        log.info("stop signal received; draining")
+        try:
+            await common_server.set_serving(self.health, [HEALTH_SERVICE], False)
+            if self.link is not None:
+                await self.link.shutdown(self.settings.shutdown_grace_seconds)
+            if self.link_task is not None:
+                await self.link_task
+        finally:
+            if self.link_task is not None and not self.link_task.done():
+                self.link_task.cancel()
+            self.metrics_server.shutdown()
+            await self.server.stop(1)
+            self.engine.close()
+            log.info("render node stopped")
+
+
+async def create_server(settings: Settings, loaded: loading.LoadedModel | None = None) -> RenderNode:
+    """Loads the model (unless given), binds health and metrics, and builds the engine."""
     if loaded is None:
         loaded = await asyncio.to_thread(loading.load, settings)
     metrics = Metrics(loaded.device)
-    health_server, health = common_server.build_server(register=[], service_names=[HEALTH_SERVICE])
-    health_port = common_server.bind(health_server, settings.health_host, settings.health_port)
-    await health_server.start()
-    await common_server.set_serving(health, [HEALTH_SERVICE], False)
-    metrics_server, metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    server, health = common_server.build_server(register=[], service_names=[HEALTH_SERVICE])
+    port = common_server.bind(
+        server, settings.health_host, settings.health_port, env_name(PREFIX, "health_port")
+    )
+    try:
+        metrics_server, metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        if error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise PortInUse(
+                env_name(PREFIX, "metrics_port"), settings.metrics_host, settings.metrics_port
+            ) from None
+        raise
     concurrency = config.concurrency(settings, loaded.device.type)
     # Engine() applies the CUDA fast path (fused QKV, channels-last, float8): torch work, off the
-    # loop, so the health server started above keeps answering meanwhile.
+    # loop, so nothing else on it waits.
     engine = await asyncio.to_thread(
         Engine,
         loaded,
@@ -45,57 +151,4 @@ async def serve(settings: Settings | None = None, loaded: loading.LoadedModel | 
         preview_threads=settings.preview_threads,
         on_step=metrics.steps.inc,
     )
-    link: RelayLink | None = None
-    link_task: asyncio.Task[None] | None = None
-    try:
-        async with common_server.stop_signals() as stop:
-            started = time.perf_counter()
-            sizes = [parse_size(s) for s in settings.sizes]
-            seconds_per_step = await engine.warmup_async(sizes, settings.warmup_steps)
-            metrics.seconds_per_step.set(seconds_per_step)
-            log.info(
-                "model ready",
-                extra={
-                    "model": loaded.name,
-                    "device": loaded.describe_device(),
-                    "dtype": str(loaded.dtype).removeprefix("torch."),
-                    "load_seconds": round(loaded.load_seconds, 2),
-                    "warmup_seconds": round(time.perf_counter() - started, 2),
-                    "seconds_per_step": round(seconds_per_step, 4),
-                    "concurrency": concurrency,
-                    "max_batch": engine.max_batch,
-                    **engine.report,
-                },
-            )
-            link = RelayLink(
-                settings,
-                engine,
-                model_name=loaded.name,
-                device=loaded.describe_device(),
-                version=__version__,
-                metrics=metrics,
-            )
-            metrics.ready.set(1)
-            await common_server.set_serving(health, [HEALTH_SERVICE], True)
-            link_task = asyncio.create_task(link.run())
-            common_server.announce_ready(
-                "render",
-                health=f"{settings.health_host}:{health_port}",
-                metrics=f"{settings.metrics_host}:{metrics_port}",
-                model=loaded.name,
-                device=loaded.describe_device(),
-            )
-            await stop.wait()
-            log.info("stop signal received; draining")
-        await common_server.set_serving(health, [HEALTH_SERVICE], False)
-        if link is not None:
-            await link.shutdown(settings.shutdown_grace_seconds)
-        if link_task is not None:
-            await link_task
-    finally:
-        if link_task is not None and not link_task.done():
-            link_task.cancel()
-        metrics_server.shutdown()
-        await health_server.stop(1)
-        engine.close()
-        log.info("render node stopped")
+    return RenderNode(settings, loaded, metrics, engine, server, health, port, metrics_server, metrics_port)
