@@ -13,8 +13,7 @@ import contextlib
 import json
 import logging
 import signal
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -199,11 +198,3 @@ async def stop_signals() -> AsyncIterator[asyncio.Event]:
         for sig in installed:
             loop.remove_signal_handler(sig)
 
-
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Entry point helper: runs ``main`` and exits 0 after a clean drain."""
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    sys.exit(0)
