@@ -197,4 +197,3 @@ async def stop_signals() -> AsyncIterator[asyncio.Event]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
