@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,16 @@ def test_a_port_in_use_is_one_line_naming_its_variable(
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert port_variable in last and str(busy_port) in last and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("program", ["talos", "talos-admin", "talos-render"])
+def test_the_command_line_tools_share_one_style(program: str) -> None:
+    """A COMMAND per job, argparse's usage errors (exit 2), defaults named as $VARIABLES."""
+    tool = str(Path(sys.executable).parent / program)
+    helped = subprocess.run([tool, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "COMMAND" in helped.stdout, helped.stdout
+    wrong = subprocess.run([tool, "no-such-command"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and f"{program}: error:" in wrong.stderr, wrong.stderr
+    first = helped.stdout.split("COMMAND", 2)[-1].split()[0]
+    detail = subprocess.run([tool, first, "--help"], capture_output=True, text=True, timeout=60)
+    assert detail.returncode == 0 and "(default: $" in detail.stdout + helped.stdout, detail.stdout

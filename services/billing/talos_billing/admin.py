@@ -70,7 +70,13 @@ def parser() -> argparse.ArgumentParser:
         prog="talos-admin",
         description=f"TALOS operator commands; billing is at ${ADDR_VARIABLE} (default {DEFAULT_ADDR}).",
     )
-    top.add_argument("--addr", default=None, help=f"billing address (overrides ${ADDR_VARIABLE})")
+    top.add_argument(
+        "--address",
+        "--addr",
+        dest="addr",
+        default=None,
+        help=f"billing gRPC host:port (default: ${ADDR_VARIABLE} or {DEFAULT_ADDR})",
+    )
     top.add_argument(
         "--timeout", type=float, default=10.0, help="deadline for the call, seconds (default 10)"
     )

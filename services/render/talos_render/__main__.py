@@ -1,6 +1,6 @@
 """``talos-render``: run a render node, or build the built-in test model.
 
-    talos-render [--relay HOST:PORT] [--token TOKEN] [--model PATH|builtin] [--config-dir DIR]
+    talos-render [serve] [--relay HOST:PORT] [--token TOKEN] [--model PATH|builtin] [--ca-file PEM]
     talos-render build-test-model DIR
     talos-render export-single-file MODEL_DIR OUT.safetensors [--flatten-first-text-encoder]
 
@@ -25,38 +25,52 @@ log = logging.getLogger("talos_render")
 PROGRAM = "talos-render"
 
 
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talos-render", description="Run a TALOS render node.")
-    parser.add_argument("--relay", help="relay HOST:PORT (TALOS_RENDER_RELAY)")
-    parser.add_argument("--token", help="node token (TALOS_RENDER_TOKEN)")
-    parser.add_argument(
-        "--model", help="builtin, a diffusers folder or a .safetensors file (TALOS_RENDER_MODEL)"
+COMMANDS = ("serve", "build-test-model", "export-single-file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One parser with a command per job, like ``talos`` and ``talos-admin``; ``serve`` is the default."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="A TALOS render node; settings not given here come from $TALOS_RENDER_*.",
     )
-    parser.add_argument(
-        "--config-dir", help="config folder for a single-file model (TALOS_RENDER_CONFIG_DIR)"
-    )
-    parser.add_argument("--device", help="auto, cpu or cuda (TALOS_RENDER_DEVICE)")
-    parser.add_argument("--data-dir", help="where the built-in model is cached (TALOS_RENDER_DATA_DIR)")
-    parser.add_argument(
-        "--ca-file", help="verify the relay's TLS certificate against this CA bundle (TALOS_RENDER_CA_FILE)"
-    )
-    parser.add_argument(
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run a render node (the default)")
+    for flag, variable, text in (
+        ("--relay", "RELAY", "relay HOST:PORT"),
+        ("--token", "TOKEN", "node token"),
+        ("--model", "MODEL", "builtin, a diffusers folder or a .safetensors file"),
+        ("--config-dir", "CONFIG_DIR", "config folder for a single-file model"),
+        ("--device", "DEVICE", "auto, cpu or cuda"),
+        ("--data-dir", "DATA_DIR", "where the built-in model is cached"),
+        ("--ca-file", "CA_FILE", "verify the relay's TLS certificate against this CA bundle"),
+    ):
+        serve.add_argument(flag, help=f"{text} (default: ${PREFIX}{variable})")
+    serve.add_argument(
         "--insecure",
         action="store_true",
         default=None,
         help="dial a relay that is not on loopback in plaintext: the token crosses in the clear "
-        "(TALOS_RENDER_INSECURE)",
+        f"(default: ${PREFIX}INSECURE)",
+    )
+    build = commands.add_parser(
+        "build-test-model", help="write the built-in tiny SDXL-architecture test model as a diffusers folder"
+    )
+    build.add_argument("folder", type=Path)
+    export = commands.add_parser(
+        "export-single-file", help="write a diffusers SDXL folder as one original-layout .safetensors file"
+    )
+    export.add_argument("model", type=Path)
+    export.add_argument("out", type=Path)
+    export.add_argument(
+        "--flatten-first-text-encoder",
+        action="store_true",
+        help="omit the text_model. prefix, as a transformers-5 state dict would (to test the repair)",
     )
     return parser
 
 
-def build_test_model(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="talos-render build-test-model",
-        description="Write the built-in tiny SDXL-architecture test model as a diffusers folder.",
-    )
-    parser.add_argument("folder", type=Path)
-    args = parser.parse_args(argv)
+def build_test_model(args: argparse.Namespace) -> int:
     from talos_render import loading, tinymodel
 
     loading.quiet_libraries()
@@ -65,19 +79,7 @@ def build_test_model(argv: list[str]) -> int:
     return 0
 
 
-def export_single_file(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="talos-render export-single-file",
-        description="Write a diffusers SDXL folder as one original-layout .safetensors checkpoint.",
-    )
-    parser.add_argument("model", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument(
-        "--flatten-first-text-encoder",
-        action="store_true",
-        help="omit the text_model. prefix, as a transformers-5 state dict would (to test the repair)",
-    )
-    args = parser.parse_args(argv)
+def export_single_file(args: argparse.Namespace) -> int:
     from talos_render import loading, singlefile
 
     loading.quiet_libraries()
@@ -91,11 +93,13 @@ def export_single_file(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "build-test-model":
-        sys.exit(build_test_model(argv[1:]))
-    if argv and argv[0] == "export-single-file":
-        sys.exit(export_single_file(argv[1:]))
-    args = _serve_parser().parse_args(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # flags alone: serve, as before commands existed
+    args = build_parser().parse_args(argv)
+    if args.command == "build-test-model":
+        sys.exit(build_test_model(args))
+    if args.command == "export-single-file":
+        sys.exit(export_single_file(args))
     settings = load_settings(PROGRAM, Settings, PREFIX)
     overrides = {
         "relay": args.relay,
