@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
-PACKAGES := protos services/common sdk services/billing services/moderation services/render services/gateway
+PACKAGES := protos services/common sdk services/billing services/moderation services/render services/gateway dev
 STAMP := $(VENV)/.talos-installed
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
-.PHONY: up test lint typecheck unit protos protos-check bench images clean-venv
+.PHONY: up test lint typecheck unit protos contract protos-check bench images clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,10 +24,15 @@ $(STAMP): $(PY) $(CONSTRAINTS) requirements/dev.txt $(PYPROJECTS)
 	touch $(STAMP)
 
 up: $(STAMP)
-	$(PY) -m talos_common.mesh up
+	$(PY) -m talos_dev.mesh up
 
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# The OpenAPI document and the docs tables, regenerated from talos.api.v1.contract.
+contract: $(STAMP)
+	$(PY) -m talos_gateway.openapi
+	$(PY) -m talos_gateway.contract_docs docs/api.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -48,9 +53,16 @@ bench: $(STAMP)
 	$(PY) bench/relay.py
 	$(PY) bench/mesh.py
 
+# The Debian base (debootstrap, as root), then every image of deploy/docker/images.list.
 images:
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make images needs a running container engine"; exit 1; }
-	for s in gateway billing moderation render; do docker build -f services/$$s/Dockerfile -t talos-$$s:dev . || exit 1; done
+	bash deploy/docker/build-images.sh
+
+# The images run as the cluster runs them (read-only root, uid 10001, no capabilities) on one
+# Docker network, billing on this machine's PostgreSQL; one image generated end to end, charged.
+.PHONY: container-smoke
+container-smoke: $(STAMP) images
+	CONTAINER_SMOKE=1 $(VENV)/bin/pytest -p no:cacheprovider tests/deploy/test_containers.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -57,7 +57,7 @@ from talos_billing.limits import MAX_ACTIVE_NODES
 from talos_billing.servicer import SERVICE_NAME
 from talos_billing.store import Store
 from talos_common import server as talos_server
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CALL_TIMEOUT = 10.0

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from talos.api.v1 import api_pb2, api_pb2_grpc  # noqa: E402
-from talos_common.mesh import LocalMesh  # noqa: E402
+from talos_dev.mesh import LocalMesh  # noqa: E402
 from tests.relay.peer import PeerNode  # noqa: E402
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 REPO = Path(__file__).resolve().parent.parent
 # Made-up trigger words, so no test ever spells out an abusive prompt.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 
 from .conftest import mesh_moderation_env
 
@@ -42,7 +42,7 @@ def _get(url: str, key: str) -> dict:
 
 @pytest.mark.slow
 def test_make_up_serves_a_generation_and_stops_cleanly(tmp_path: Path) -> None:
-    """`python -m talos_common.mesh up` is what `make up` runs; ports 0 keep the test off fixed ports."""
+    """`python -m talos_dev.mesh up` is what `make up` runs; ports 0 keep the test off fixed ports."""
     env = {
         **os.environ,
         "TALOS_BILLING_PORT": "0",
@@ -55,7 +55,7 @@ def test_make_up_serves_a_generation_and_stops_cleanly(tmp_path: Path) -> None:
         "PYTHONUNBUFFERED": "1",
     }
     up = subprocess.Popen(
-        [sys.executable, "-m", "talos_common.mesh", "up", "--data-dir", str(tmp_path / "var")],
+        [sys.executable, "-m", "talos_dev.mesh", "up", "--data-dir", str(tmp_path / "var")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

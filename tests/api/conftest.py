@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 from .support import Api
 

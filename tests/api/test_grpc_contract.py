@@ -18,7 +18,7 @@ from PIL import Image
 
 from talos.api.v1 import api_pb2, api_pb2_grpc
 from talos_common.errors import from_rpc_error
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 PRICE = 18
 MiB = 1024 * 1024

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from talos.api.v1 import contract
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 from .support import PRICE, Api, auth, decode_image, read_sse, wait_until
 

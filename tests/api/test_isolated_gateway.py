@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from talos_common.mesh import Account, LocalMesh
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.mesh import Account, LocalMesh
+from talos_dev.procs import ServiceProcess, python_module
 
 from .support import PRICE, Api, auth, decode_image, read_sse, wait_until
 

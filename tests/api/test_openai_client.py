@@ -9,7 +9,7 @@ import openai
 import pytest
 from PIL import Image
 
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 
 def test_openai_images_generate(mesh: LocalMesh, account: Account) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 
 CHECKS = ",".join(
     [

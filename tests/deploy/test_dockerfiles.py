@@ -1,8 +1,11 @@
-"""The services' Dockerfiles, linted statically (this machine has no container engine).
+"""The images' Dockerfiles, linted statically (no container engine needed; `make container-smoke`
+builds and runs them).
 
-Multi-stage, slim final stage with a non-root numeric user and no build tools, every pip install
-pinned by the constraints file (torch first, the CUDA build for render), exactly the repository
-packages the service depends on, the right entry point, ports and settings, no model weights.
+Multi-stage, a final stage on the Debian base (CUDA for the GPU render image) with a non-root
+numeric user and no build tools, every pip install pinned by the constraints file (torch first:
+the CUDA build for the GPU render image, the CPU build for the dev one), exactly the repository
+packages the service depends on and never the development supervisor, the right entry point,
+ports and settings, no model weights.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from talos_common import settings as talos_settings
-from tests.deploy import dockerfile, k8s
+from tests.deploy import dockerfile, images, k8s
 
 REPO = k8s.REPO
 CONSTRAINTS = "requirements/constraints.txt"
-CPU_BASE = re.compile(r"^python:3\.11\.\d+-slim(-\w+)?$")
 CUDA_BASE = re.compile(r"^nvidia/cuda:12\.\d+\.\d+-(base|runtime|cudnn-runtime)-ubuntu\d+\.\d+$")
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|cc|clang|make|cmake|build-essential|[\w.+-]+-dev|git|curl|wget|python3?-pip)\b"
@@ -37,12 +41,32 @@ LOCAL_PACKAGES = {
 }
 
 
+CPU_RENDER = images.DOCKER / "render-cpu.Dockerfile"
+# Every Dockerfile of an image: each service's own, and the CPU render build `make images` uses.
+DOCKERFILES = {
+    **{service: (service, k8s.dockerfile_path(service)) for service in k8s.SERVICES},
+    "render-cpu": ("render", CPU_RENDER),
+}
+
+
 def service_params() -> list[Any]:
     return [pytest.param(s, id=s) for s in k8s.SERVICES]
 
 
-def parsed(service: str) -> dockerfile.Dockerfile:
-    return dockerfile.parse(k8s.dockerfile_path(service))
+def image_params() -> list[Any]:
+    return [pytest.param(image, id=image) for image in DOCKERFILES]
+
+
+def parsed(image: str) -> dockerfile.Dockerfile:
+    return dockerfile.parse(DOCKERFILES[image][1])
+
+
+def service_of(image: str) -> str:
+    return DOCKERFILES[image][0]
+
+
+def is_cuda(image: str) -> bool:
+    return DOCKERFILES[image][1] == k8s.dockerfile_path("render")
 
 
 def constraints() -> dict[str, str]:
@@ -113,13 +137,24 @@ def requirement_names(words: list[str]) -> list[str]:
     return names
 
 
-def test_the_four_dockerfiles_exist_and_make_images_builds_them_from_the_repository_root() -> None:
-    for service in k8s.SERVICES:
-        assert k8s.dockerfile_path(service).is_file(), service
-    makefile = (REPO / "Makefile").read_text()
-    target = makefile.split("\nimages:", 1)[1].split("\n\n", 1)[0]
-    assert re.search(r"docker build -f services/\$\$s/Dockerfile -t \S+ \.( |$)", target), target
-    assert set(re.search(r"for s in ([\w ]+);", target).group(1).split()) == set(k8s.SERVICES)  # type: ignore[union-attr]
+def test_make_images_builds_one_image_per_service_as_the_dev_overlay_names_them() -> None:
+    built = images.built_images()
+    assert sorted(b.service for b in built) == sorted(k8s.SERVICES)
+    for image in built:
+        assert image.dockerfile.is_file(), image
+        assert image.dockerfile in {path for _, path in DOCKERFILES.values()}, image
+    assert images.dockerfile_of("talos-render:dev") == CPU_RENDER, "dev renders on a CPU"
+    recipe = images.make_target("images")
+    assert "deploy/docker/build-images.sh" in recipe, recipe
+    script = images.BUILD_SCRIPT.read_text()
+    assert 'done <"$HERE/images.list"' in script and "deploy/docker" in script
+    build = r'docker build --force-rm "\$\{args\[@\]\}" -f "\$dockerfile" -t "\$ref" "\$context"$'
+    assert re.search(build, script, re.M)
+    # The context: what .dockerignore lets in, as git sees it (the repository root outside git).
+    assert "sed -n 's|^!" in script and "cp .dockerignore" in script and "echo .\n" in script
+    dev = yaml.safe_load((k8s.K8S / "overlays" / "dev" / "kustomization.yaml").read_text())
+    named = {entry["name"]: entry["newTag"] for entry in dev["images"]}
+    assert named == {image.name: image.tag for image in built}
 
 
 def test_make_images_fails_clearly_without_a_container_engine() -> None:
@@ -135,25 +170,38 @@ def test_make_images_fails_clearly_without_a_container_engine() -> None:
     assert "make images needs a running container engine" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("service", service_params())
-def test_multistage_with_pinned_bases_and_a_slim_final_stage(service: str) -> None:
-    image = parsed(service)
-    assert len(image.stages) >= 2, "build in one stage, run in another"
-    for stage in image.stages:
+@pytest.mark.parametrize("image", image_params())
+def test_multistage_with_pinned_bases_and_a_slim_final_stage(image: str) -> None:
+    parsed_image = parsed(image)
+    assert len(parsed_image.stages) >= 2, "build in one stage, run in another"
+    for stage in parsed_image.stages:
         assert "$" not in stage.base, f"unresolved base {stage.base}"
         _, _, tag = stage.base.rpartition("/")[2].partition(":")
         assert tag and tag != "latest" and not tag.startswith("3.11-"), f"{stage.base}: pin a version"
-    final = image.final
-    if service == "render":
+    final = parsed_image.final
+    if is_cuda(image):
         assert CUDA_BASE.match(final.base), f"render runs on a CUDA runtime base, not {final.base}"
     else:
-        assert CPU_BASE.match(final.base), f"{service} runs on python:3.11.x-slim, not {final.base}"
+        # The base `make images` makes from Debian's archive (no registry), passed as BASE_IMAGE.
+        assert parsed_image.args["BASE_IMAGE"] == images.base_image_name()
+        assert final.base == images.base_image_name()
+        assert parsed_image.stage("build").base == final.base, "the venv's python is the final stage's"
     assert "devel" not in final.base
 
 
-@pytest.mark.parametrize("service", service_params())
-def test_final_stage_runs_as_a_numeric_non_root_user_without_build_tools(service: str) -> None:
-    final = parsed(service).final
+@pytest.mark.parametrize("image", image_params())
+def test_no_dockerfile_needs_a_registry_for_its_builder(image: str) -> None:
+    """A `# syntax=` line makes BuildKit pull its front end from a registry; only the CUDA image,
+    built where registries are reachable, may have one."""
+    first = DOCKERFILES[image][1].read_text().splitlines()[0]
+    if not is_cuda(image):
+        assert not re.match(r"#\s*syntax\s*=", first), first
+    assert "DOCKER_BUILDKIT=0" in images.BUILD_SCRIPT.read_text()
+
+
+@pytest.mark.parametrize("image", image_params())
+def test_final_stage_runs_as_a_numeric_non_root_user_without_build_tools(image: str) -> None:
+    final = parsed(image).final
     users = final.all("USER")
     assert users, "no USER in the final stage"
     uid, _, gid = users[-1].value.partition(":")
@@ -165,7 +213,7 @@ def test_final_stage_runs_as_a_numeric_non_root_user_without_build_tools(service
         assert "pip" not in command.split() and "uv" not in command.split(), command
     for ins in final.all("ADD"):
         pytest.fail(f"ADD in the final stage: {ins.value}")
-    stage_names = {s.name for s in parsed(service).stages[:-1]}
+    stage_names = {s.name for s in parsed(image).stages[:-1]}
     for ins in final.all("COPY"):
         source = re.match(r"--from=(\S+)", ins.value)
         assert source and source.group(1) in stage_names, (
@@ -173,14 +221,14 @@ def test_final_stage_runs_as_a_numeric_non_root_user_without_build_tools(service
         )
 
 
-@pytest.mark.parametrize("service", service_params())
-def test_every_pip_install_is_pinned_by_the_constraints_file(service: str) -> None:
-    image = parsed(service)
+@pytest.mark.parametrize("image", image_params())
+def test_every_pip_install_is_pinned_by_the_constraints_file(image: str) -> None:
+    parsed_image = parsed(image)
     pins = constraints()
     assert pins["torch"] == "2.13.0"
-    installs = [words for stage in image.stages for words in pip_installs(stage)]
+    installs = [words for stage in parsed_image.stages for words in pip_installs(stage)]
     assert installs
-    copied = " ".join(i.value for stage in image.stages for i in stage.all("COPY"))
+    copied = " ".join(i.value for stage in parsed_image.stages for i in stage.all("COPY"))
     assert f"{CONSTRAINTS} {CONSTRAINTS}" in copied
     for words in installs:
         assert "-c" in words and words[words.index("-c") + 1] == CONSTRAINTS, words
@@ -188,43 +236,111 @@ def test_every_pip_install_is_pinned_by_the_constraints_file(service: str) -> No
             if "==" in word:
                 req = Requirement(word)
                 (spec,) = req.specifier
-                assert pins[req.name.lower()] == spec.version, f"{word} disagrees with {CONSTRAINTS}"
+                assert pins[req.name.lower()] == Version(spec.version).public, (
+                    f"{word} disagrees with {CONSTRAINTS}"
+                )
     requirements = [name for words in installs for name in requirement_names(words)]
-    if service == "render":
+    if service_of(image) == "render":
         first = installs[0]
-        assert "torch==2.13.0" in first, "torch goes first, pinned, so nothing swaps it for another build"
-        index = first[first.index("--index-url") + 1]
-        index = dockerfile.substitute(index, image.args)
-        assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu12\d", index), index
+        assert any(w.startswith("torch==2.13.0") for w in first), "torch goes first, pinned"
+        if is_cuda(image):
+            assert "torch==2.13.0" in first
+            index = first[first.index("--index-url") + 1]
+            index = dockerfile.substitute(index, parsed_image.args)
+            assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu12\d", index), index
+        else:
+            # The CPU build, from the wheel image only: no index carries a +cpu local version.
+            assert "torch==2.13.0+cpu" in first and "--index-url" not in first
+            wheels = first[first.index("--find-links") + 1]
+            build = parsed_image.stage("build")
+            assert any(
+                i.value.split()[0] == "--from=torch-wheel" and i.value.split()[-1] == wheels
+                for i in build.all("COPY")
+            )
     else:
         assert "torch" not in requirements, "the control plane never installs torch"
         assert "onnxruntime-gpu" not in requirements, "the control plane is CPU-only"
 
 
-@pytest.mark.parametrize("service", service_params())
-def test_installs_exactly_the_repository_packages_the_service_depends_on(service: str) -> None:
-    image = parsed(service)
-    expected = local_closure(f"talos-{service}")
-    installed = {
+def test_the_torch_wheel_image_holds_the_pinned_cpu_build() -> None:
+    image = parsed("render-cpu")
+    version = constraints()["torch"]
+    assert image.args["TORCH_WHEEL_IMAGE"] == f"talos-torch-wheel:{version}-cpu"
+    assert image.stage("torch-wheel").base == image.args["TORCH_WHEEL_IMAGE"]
+    script = images.BUILD_SCRIPT.read_text()
+    assert 'tag="talos-torch-wheel:$version-cpu"' in script
+    assert '"torch==$version+cpu"' in script, "the host's pip must find the CPU build, never PyPI's CUDA one"
+    wheel_stage = dockerfile.parse(images.DOCKER / "torch-wheel.Dockerfile")
+    assert wheel_stage.final.base == "scratch"
+    assert [i.value for i in wheel_stage.final.all("COPY")] == ["*.whl /wheels/"]
+
+
+def installed_folders(image: str) -> set[str]:
+    """The repository folders the image's pip installs name (``./services/common`` ...)."""
+    return {
         word.removeprefix("./").rstrip("/")
-        for words in (w for stage in image.stages for w in pip_installs(stage))
+        for words in (w for stage in parsed(image).stages for w in pip_installs(stage))
         for word in words
         if word.startswith("./")
     }
-    assert installed == expected
+
+
+@pytest.mark.parametrize("image", image_params())
+def test_installs_exactly_the_repository_packages_the_service_depends_on(image: str) -> None:
+    expected = local_closure(f"talos-{service_of(image)}")
+    assert installed_folders(image) == expected
     copied = {
         ins.value.split()[0]
-        for stage in image.stages
+        for stage in parsed(image).stages
         for ins in stage.all("COPY")
         if not ins.value.startswith("--from")
     }
     assert copied == expected | {CONSTRAINTS}, "copy only what is installed (no weights, no tests)"
 
 
-@pytest.mark.parametrize("service", service_params())
-def test_entry_point_ports_and_settings_match_the_service(service: str) -> None:
-    spec = k8s.SERVICES[service]
-    final = parsed(service).final
+def supervisor_problems(folders: set[str]) -> list[str]:
+    """Why an image installing these repository folders would carry the development supervisor."""
+    package = images.supervisor_package()
+    module = images.supervisor_module()
+    problems = []
+    for folder in sorted(folders):
+        if REPO / folder == package.folder:
+            problems.append(f"installs {folder} ({package.distribution}), which holds {module}")
+        elif package.distribution in local_closure_of_folder(folder):
+            problems.append(f"installs {folder}, which depends on {package.distribution} ({module})")
+    return problems
+
+
+def local_closure_of_folder(folder: str) -> set[str]:
+    by_folder = {path: name for name, path in LOCAL_PACKAGES.items()}
+    if folder not in by_folder:
+        return set()
+    names = set()
+    for dependency in local_closure(by_folder[folder]):
+        names |= {name for name, path in LOCAL_PACKAGES.items() if path == dependency}
+    return names
+
+
+@pytest.mark.parametrize("image", image_params())
+def test_no_image_installs_the_development_supervisor(image: str) -> None:
+    """`make up`'s supervisor (talos_dev.mesh and its process runner, before they moved to a
+    development-only package) starts and kills processes: it has no place in a production image."""
+    problems = supervisor_problems(installed_folders(image))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_supervisor_check_sees_the_package_that_holds_it() -> None:
+    package = images.supervisor_package()
+    assert images.module_file(package, images.supervisor_module()) is not None
+    folder = str(package.folder.relative_to(REPO))
+    assert supervisor_problems({folder}), folder
+    assert not supervisor_problems({"protos"})
+
+
+@pytest.mark.parametrize("image", image_params())
+def test_entry_point_ports_and_settings_match_the_service(image: str) -> None:
+    spec = k8s.SERVICES[service_of(image)]
+    final = parsed(image).final
     assert final.exec_form("ENTRYPOINT") == ["python", "-m", spec.module]
     env = final.env()
     assert env["PATH"].startswith("/opt/talos/bin:"), "python is the image's virtual environment"
@@ -267,16 +383,25 @@ def test_the_build_context_sends_no_weights_no_venv_and_no_state() -> None:
     assert not weights, weights
 
 
-def test_render_image_has_no_weights_and_keeps_every_cache_off_the_read_only_root() -> None:
-    final = parsed("render").final
+@pytest.mark.parametrize("image", ["render", "render-cpu"])
+def test_render_image_has_no_weights_and_keeps_every_cache_off_the_read_only_root(image: str) -> None:
+    final = parsed(image).final
     env = final.env()
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
     for name in k8s.WRITABLE_ENV:
         if name != "HOME":
             assert Path(env[name]).is_relative_to("/tmp"), name
-    for stage in parsed("render").stages:
+    for stage in parsed(image).stages:
         for command in stage.run_commands():
             assert not re.search(r"huggingface|hf_hub|\.from_pretrained|snapshot_download", command), command
+
+
+def test_the_cpu_and_cuda_render_images_set_the_same_environment() -> None:
+    """The manifests' checks read one image's ENV per overlay; both must agree on what matters."""
+    cuda, cpu = parsed("render").final.env(), parsed("render-cpu").final.env()
+    assert cpu == cuda
+    assert parsed("render").final.exposed() == parsed("render-cpu").final.exposed()
+    assert parsed("render").final.all("USER")[-1].value == parsed("render-cpu").final.all("USER")[-1].value
 
 
 def test_the_constraints_file_pins_every_tool_the_deploy_tests_use() -> None:

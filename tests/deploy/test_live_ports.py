@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 from tests.deploy import k8s
 
 START_TIMEOUT = 180.0
@@ -45,7 +45,7 @@ def pod_environment(docs: list[dict[str, Any]], service: str) -> dict[str, str]:
     """The TALOS_* variables the service's container gets from the overlay and its image."""
     for _, container, svc in k8s.talos_containers(docs):
         if svc == service:
-            env = k8s.container_environment(container, docs, k8s.image_env(service))
+            env = k8s.container_environment(container, docs, k8s.image_env(service, container["image"]))
             return {k: v for k, v in env.values.items() if k.startswith("TALOS_") and k not in env.secret}
     raise KeyError(service)
 

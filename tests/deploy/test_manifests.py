@@ -15,7 +15,7 @@ import pytest
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from talos_common import settings as talos_settings
-from tests.deploy import k8s
+from tests.deploy import k8s, secrets
 from tests.deploy.k8s import Endpoint
 
 Doc = dict[str, Any]
@@ -169,7 +169,7 @@ def test_services_reach_the_ports_their_pods_declare(rendered: dict[str, list[Do
 
 def _setting(docs: list[Doc], service: str) -> Any:
     _, container = _first(docs, service)
-    env = k8s.container_environment(container, docs, k8s.image_env(service))
+    env = k8s.container_environment(container, docs, k8s.image_env(service, container["image"]))
     settings, problems = k8s.effective_settings(service, env)
     assert not problems
     return settings
@@ -266,15 +266,15 @@ def _pre_stop_seconds(container: Doc) -> int:
 def test_termination_grace_outlasts_the_longest_render_and_every_drain(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
-    from talos_gateway import styles
+    from talos.api.v1 import contract
 
     docs = rendered[overlay]
     gateway = _setting(docs, "gateway")
     render = _setting(docs, "render")
     # The relay's time limit for the longest job it can be given: the most steps the API allows
     # (and the node accepts) at the largest size the API offers.
-    steps = min(styles.STEPS_MAX, render.max_steps)
-    megapixels = max(size.width * size.height for size in styles.SIZES.values()) / 1e6
+    steps = min(int(contract.STEPS.maximum or 0), render.max_steps)
+    megapixels = contract.MAX_PIXELS / 1e6
     longest = (
         gateway.job_timeout_base_seconds + gateway.job_timeout_per_step_megapixel_seconds * steps * megapixels
     )
@@ -322,7 +322,7 @@ def test_dev_runs_one_of_each_with_the_builtin_model_on_a_cpu_and_its_own_postgr
 
     billing = _setting(docs, "billing")
     url = billing.database_url
-    assert url.startswith("postgresql+asyncpg://") and not k8s.URL_WITH_PASSWORD.search(url)
+    assert url.startswith("postgresql+asyncpg://") and not secrets.URL_WITH_PASSWORD.search(url)
     service, port = _service_for(docs, url.split("@", 1)[1].split("/", 1)[0])
     postgres = k8s.named(docs, "StatefulSet", service["metadata"]["name"])
     assert k8s.selects(service["spec"]["selector"], k8s.pod_labels(postgres)) and port == 5432
@@ -347,7 +347,7 @@ def test_prod_runs_replicas_gpu_render_nodes_and_postgresql_from_a_secret(
 
     workload, container = _first(docs, "render")
     spec = k8s.pod_spec(workload)
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert spec["nodeSelector"]
     assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in spec["tolerations"])
     render = _setting(docs, "render")
@@ -439,7 +439,7 @@ def test_the_policy_evaluator_sees_an_opened_path(rendered: dict[str, list[Doc]]
 # -- secrets ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overlay", overlay_params())
 def test_no_manifest_holds_a_secret_value(rendered: dict[str, list[Doc]], overlay: str) -> None:
-    problems = k8s.secret_problems(rendered[overlay])
+    problems = secrets.secret_problems(rendered[overlay])
     assert not problems, "\n".join(problems)
 
 
@@ -455,7 +455,7 @@ def test_no_secret_in_the_deploy_files_themselves() -> None:
         if "secretGenerator" in text:
             problems.append(f"{where}: a secretGenerator (its values would be committed)")
         for number, line in enumerate(text.splitlines(), 1):
-            reason = k8s.secret_like(line)
+            reason = secrets.secret_like(line)
             if reason:
                 problems.append(f"{where}:{number}: {reason}")
     assert not problems, "\n".join(problems)
@@ -465,7 +465,7 @@ def test_the_secret_checks_catch_committed_values(rendered: dict[str, list[Doc]]
     from talos_billing import keys
 
     docs = copy.deepcopy(rendered["prod"])
-    assert k8s.secret_problems(docs) == []
+    assert secrets.secret_problems(docs) == []
     _, container = _first(docs, "render")
     (token,) = [e for e in container["env"] if e["name"] == "TALOS_RENDER_TOKEN"]
     token.pop("valueFrom")
@@ -475,14 +475,14 @@ def test_the_secret_checks_catch_committed_values(rendered: dict[str, list[Doc]]
     url.pop("valueFrom")
     url["value"] = "postgresql+asyncpg://talos:hunter2@db:5432/talos"
     docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "stringData": {"a": "b"}})
-    problems = k8s.secret_problems(docs)
+    problems = secrets.secret_problems(docs)
     assert any("Deployment/talos-render: env TALOS_RENDER_TOKEN holds a value" in p for p in problems)
     assert any(p.startswith("Deployment/talos-render.spec") and "matches" in p for p in problems)
     assert any(p.startswith("Deployment/talos-billing.spec") and "://" in p for p in problems)
     assert any("a Secret is committed" in p for p in problems)
     assert "hunter2" not in "\n".join(problems), "a report must not repeat the secret"
-    assert k8s.secret_like(keys.new_api_key()) and k8s.secret_like("postgresql://u:p@h/d")
-    assert k8s.secret_like("talos-gateway-config-5d272fdd75") is None
+    assert secrets.secret_like(keys.new_api_key()) and secrets.secret_like("postgresql://u:p@h/d")
+    assert secrets.secret_like("talos-gateway-config-5d272fdd75") is None
 
 
 def service_link_variables(service: Doc) -> set[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 
 from ..conftest import IN_CI, mesh_moderation_env
 

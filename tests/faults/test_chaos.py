@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from talos_common.mesh import LocalMesh
-from talos_common.procs import ServiceProcess
+from talos_dev.mesh import LocalMesh
+from talos_dev.procs import ServiceProcess
 
 from .conftest import http, verbose_mesh
 

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from talos.api.v1 import api_pb2, api_pb2_grpc
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 
 from .conftest import http, verbose_mesh
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from talos.api.v1 import api_pb2, api_pb2_grpc
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 
 from .conftest import http
 

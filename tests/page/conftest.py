@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from talos_common.mesh import LocalMesh
+from talos_dev.mesh import LocalMesh
 from tests.conftest import mesh_moderation_env
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -22,7 +22,7 @@ from PIL import Image
 
 import talos_sdk
 from talos.api.v1 import contract
-from talos_common.mesh import Account, LocalMesh
+from talos_dev.mesh import Account, LocalMesh
 
 from ..conftest import TEST_RULES
 

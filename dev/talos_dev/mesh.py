@@ -1,6 +1,6 @@
 """The whole TALOS mesh on loopback: billing, moderation, the gateway and render nodes.
 
-``python -m talos_common.mesh up`` (what ``make up`` runs) starts every service as a real
+``python -m talos_dev.mesh up`` (what ``make up`` runs) starts every service as a real
 process on its configured ports, creates the demo account and a node token, prints the
 page's address and the demo key, and stops everything cleanly on Ctrl-C or SIGTERM. The
 test suite starts the same mesh on port 0 through :class:`LocalMesh`.
@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 
 DEMO_CREDITS = 1000
 CALL_TIMEOUT = 10.0
@@ -308,7 +308,7 @@ def up(data_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m talos_common.mesh")
+    parser = argparse.ArgumentParser(prog="python -m talos_dev.mesh")
     parser.add_argument("command", choices=["up"])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TALOS_DATA_DIR", "var")))
     args = parser.parse_args(argv)
