@@ -13,8 +13,16 @@ node's JobAccepted, one loopback round trip included) with idle nodes, end-to-en
 and throughput with many jobs in flight, and the relay's CPU per job. Also the cost of checking
 one full-size result image (decode in a worker thread), which real jobs add on top.
 
-    .venv/bin/python bench/relay.py                   # 100 and 1,000 nodes
+With the Redis at ``--redis`` reachable, the network section runs two replicas of one relay
+network (this process, and a child process), each with its own simulated nodes in their own
+child processes. Jobs are submitted to this replica one at a time, alternately of a size only
+its own nodes render (local: claimed in-process) and of a size only the other replica's nodes
+render (remote: announced, claimed there, fetched over the peer link); it prints dispatch
+latency (``run()`` to Started) for both and the cost of the extra hop.
+
+    .venv/bin/python bench/relay.py                   # 100 and 1,000 nodes, then the network
     .venv/bin/python bench/relay.py --nodes 100 --jobs 500
+    .venv/bin/python bench/relay.py --network-only --network-jobs 1000
 """
 
 from __future__ import annotations
@@ -66,11 +74,11 @@ def rss_mib() -> float:
 
 
 # ---------------------------------------------------------------------- the simulated nodes
-async def serve_peers(address: str, count: int, first: int) -> None:
+async def serve_peers(address: str, count: int, first: int, size: int = SIZE) -> None:
     """Child-process mode: ``count`` peers dial ``address``; prints READY once all are welcomed."""
     peers = [
         PeerNode(
-            address, f"bench-{first + i}", sizes=(f"{SIZE}x{SIZE}",), concurrency=1, seconds_per_step=0.01
+            address, f"bench-{first + i}", sizes=(f"{size}x{size}",), concurrency=1, seconds_per_step=0.01
         )
         for i in range(count)
     ]
@@ -86,15 +94,21 @@ async def serve_peers(address: str, count: int, first: int) -> None:
 class Peers:
     """N simulated nodes, in a child process or on this loop."""
 
-    def __init__(self, address: str, count: int, in_process: bool) -> None:
+    def __init__(self, address: str, count: int, in_process: bool, size: int = SIZE, first: int = 0) -> None:
         self.address, self.count, self.in_process = address, count, in_process
+        self.size, self.first = size, first
         self.proc: asyncio.subprocess.Process | None = None
         self.local: list[PeerNode] = []
 
     async def start(self) -> None:
         if self.in_process:
             self.local = [
-                PeerNode(self.address, f"bench-{i}", sizes=(f"{SIZE}x{SIZE}",), seconds_per_step=0.01)
+                PeerNode(
+                    self.address,
+                    f"bench-{self.first + i}",
+                    sizes=(f"{self.size}x{self.size}",),
+                    seconds_per_step=0.01,
+                )
                 for i in range(self.count)
             ]
             for batch in range(0, self.count, 100):
@@ -107,6 +121,10 @@ class Peers:
             self.address,
             "--count",
             str(self.count),
+            "--first",
+            str(self.first),
+            "--size",
+            str(self.size),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=REPO,
@@ -253,7 +271,158 @@ def validation_cost() -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------------- the relay network
+NETWORK_LOCAL_SIZE, NETWORK_REMOTE_SIZE = 256, 320
+NETWORK_NODES = 4
+
+
+def network_settings(redis_url: str, network: str) -> Settings:
+    return dataclasses.replace(
+        Settings(),
+        host="127.0.0.1",
+        relay_port=0,
+        peer_port=0,
+        redis_url=redis_url,
+        relay_network=network,
+        queue_bound=10_000,
+        queue_bound_per_account=10_000,
+        heartbeat_seconds=10.0,
+    )
+
+
+async def network_authenticate(token: str) -> str:
+    if not token.startswith("bench-"):
+        raise TalosError("invalid_api_key", "unknown token")
+    return "node-" + token.removeprefix("bench-")
+
+
+async def serve_replica(redis_url: str, network: str) -> None:
+    """Child-process mode: the other replica, whose nodes render only the remote size."""
+    settings = network_settings(redis_url, network)
+    relay = Relay(settings, network_authenticate)
+    server, port = await start_relay_server(relay, settings)
+    peers = Peers(f"127.0.0.1:{port}", NETWORK_NODES, False, NETWORK_REMOTE_SIZE, first=1000)
+    await peers.start()
+    while relay.status()["local_nodes_idle"] < NETWORK_NODES:  # noqa: ASYNC110 - the relay's own counter
+        await asyncio.sleep(0.05)
+    print(json.dumps({"ready": True}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    await peers.stop()
+    await relay.close()
+    await server.stop(None)
+
+
+async def redis_reachable(url: str) -> bool:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def drop_network(url: str, network: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"talos:{network}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def dispatch_once(relay: Relay, job_id: str, size: int) -> float:
+    spec = RenderSpec("bench", "", size, size, STEPS, 5.0, 1, "png")
+    start = time.perf_counter()
+    dispatched = 0.0
+    async for event in relay.run(job_id, "acct-" + job_id[-1], spec):
+        if isinstance(event, Started):
+            dispatched = time.perf_counter() - start
+        elif isinstance(event, Finished):
+            return dispatched
+    raise RuntimeError("no Finished")
+
+
+async def bench_network(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not await redis_reachable(args.redis):
+        print(f"network section skipped: no Redis at {args.redis}")
+        return None
+    network = f"bench-{os.getpid()}"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve-replica",
+        network,
+        "--redis",
+        args.redis,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    settings = network_settings(args.redis, network)
+    relay = Relay(settings, network_authenticate)
+    server, port = await start_relay_server(relay, settings)
+    peers = Peers(f"127.0.0.1:{port}", NETWORK_NODES, False, NETWORK_LOCAL_SIZE)
+    try:
+        assert child.stdout is not None
+        await asyncio.wait_for(child.stdout.readline(), timeout=120)
+        await peers.start()
+        while relay.status()["nodes_idle"] < 2 * NETWORK_NODES:  # noqa: ASYNC110 - the relay's own counter
+            await asyncio.sleep(0.05)
+        for i in range(50):  # warm both paths (channels, scripts, caches)
+            await dispatch_once(relay, f"warm-l{i}", NETWORK_LOCAL_SIZE)
+            await dispatch_once(relay, f"warm-r{i}", NETWORK_REMOTE_SIZE)
+        local: list[float] = []
+        remote: list[float] = []
+        for i in range(args.network_jobs):
+            local.append(await dispatch_once(relay, f"local-{i}", NETWORK_LOCAL_SIZE))
+            remote.append(await dispatch_once(relay, f"remote-{i}", NETWORK_REMOTE_SIZE))
+        return {
+            "jobs": args.network_jobs,
+            "local_p50_ms": pct(local, 0.5) * 1e3,
+            "local_p99_ms": pct(local, 0.99) * 1e3,
+            "remote_p50_ms": pct(remote, 0.5) * 1e3,
+            "remote_p99_ms": pct(remote, 0.99) * 1e3,
+        }
+    finally:
+        await peers.stop()
+        await relay.close()
+        await server.stop(None)
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            await asyncio.wait_for(child.wait(), timeout=30)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
+        await drop_network(args.redis, network)
+
+
+def print_network(result: dict[str, Any]) -> None:
+    print(
+        f"relay network: two replicas (this process and a child), {NETWORK_NODES} simulated nodes each, "
+        f"Redis queue; {result['jobs']} jobs each way, one at a time, alternating"
+    )
+    print(f"{'dispatch (run() to Started)':<30} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'node on this replica':<30} {result['local_p50_ms']:>8.2f} {result['local_p99_ms']:>8.2f}")
+    print(
+        f"{'node on the other replica':<30} {result['remote_p50_ms']:>8.2f} {result['remote_p99_ms']:>8.2f}"
+    )
+    extra = result["remote_p50_ms"] - result["local_p50_ms"]
+    print(f"the extra hop costs {extra:.2f} ms at p50 (target: <= 3 ms)")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.network_only:
+        network = await bench_network(args)
+        if network is not None:
+            print_network(network)
+        return
     results = []
     for count in args.nodes:
         result = await bench_nodes(count, args)
@@ -297,6 +466,11 @@ async def main(args: argparse.Namespace) -> None:
             "checking one 1024x1024 result (full decode), ms:",
             json.dumps({k: round(v, 1) for k, v in validation_cost().items()}),
         )
+    if not args.skip_network:
+        print()
+        network = await bench_network(args)
+        if network is not None:
+            print_network(network)
 
 
 def parse() -> argparse.Namespace:
@@ -309,14 +483,25 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=64, help="jobs in flight in the loaded phase")
     parser.add_argument("--in-process", action="store_true", help="simulated nodes on the relay's loop")
     parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--skip-network", action="store_true", help="skip the two-replica section")
+    parser.add_argument("--network-only", action="store_true", help="run only the two-replica section")
+    parser.add_argument("--network-jobs", type=int, default=500, help="jobs each way in the network section")
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/0", help="the Redis of the network section"
+    )
     parser.add_argument("--serve-peers", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-replica", metavar="NETWORK", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     arguments = parse()
     if arguments.serve_peers:
-        asyncio.run(serve_peers(arguments.serve_peers, arguments.count, 0))
+        asyncio.run(serve_peers(arguments.serve_peers, arguments.count, arguments.first, arguments.size))
+    elif arguments.serve_replica:
+        asyncio.run(serve_replica(arguments.redis, arguments.serve_replica))
     else:
         asyncio.run(main(arguments))

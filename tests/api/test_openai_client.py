@@ -71,13 +71,27 @@ def test_openai_parameters_are_mapped(mesh: LocalMesh, account: Account) -> None
         prompt="a quiet street", output_format="webp", output_compression=50, extra_body=FAST
     )
     assert webp.data is not None and _decoded(webp.data[0].b64_json).format == "WEBP"
+    # output_compression is the encoder's quality: the same picture, smaller at a lower one.
+    low, fine = (
+        client.images.generate(
+            prompt="a quiet street",
+            output_format="jpeg",
+            output_compression=level,
+            extra_body={**FAST, "seed": 5},
+        )
+        for level in (10, 95)
+    )
+    assert low.data is not None and fine.data is not None
+    assert len(base64.b64decode(low.data[0].b64_json or "")) < len(
+        base64.b64decode(fine.data[0].b64_json or "")
+    )
     auto = client.images.generate(prompt="a red door", size="auto", extra_body=FAST)
     assert auto.data is not None and _decoded(auto.data[0].b64_json).size == (1024, 1024)
     plain = client.images.generate(
         prompt="a blue boat", moderation="auto", background="auto", extra_body=FAST
     )
     assert plain.data is not None and _decoded(plain.data[0].b64_json).format == "PNG"
-    assert mesh.account(account.account_id).balance == 1000 - 4 * 18
+    assert mesh.account(account.account_id).balance == 1000 - 6 * 18
 
 
 def test_openai_refusals_name_the_field_and_the_accepted_values(mesh: LocalMesh, account: Account) -> None:

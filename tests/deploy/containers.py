@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.deploy import k8s, sizing
+from tests.deploy import k8s, podenv, sizing
 
 Doc = dict[str, Any]
 # Every container and network a smoke run makes carries this label (value: the run's id).
@@ -115,8 +115,9 @@ def run_spec(docs: list[Doc], workload: Doc, container: Doc, name: str, image: s
     pod = k8s.pod_spec(workload)
     pod_sc = pod.get("securityContext", {})
     sc = {**pod_sc, **container.get("securityContext", {})}
-    env = k8s.container_environment(container, docs, {})
+    env = podenv.container_environment(container, docs, {})
     assert not env.problems, env.problems
+    assert not env.downward, f"{name}: no docker run flag gives a pod's own fields {sorted(env.downward)}"
     spec = RunSpec(
         name=name,
         image=image,

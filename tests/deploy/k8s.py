@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from talos_common import settings as talos_settings
-from tests.deploy import dockerfile, images
+from talos_common.settings import env_name
+from tests.deploy import dockerfile, images, mounts, podenv
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -45,6 +46,16 @@ class Port:
     host_field: str  # the Settings field of the address it listens on
     port_field: str  # the Settings field of its port
     protocol: str  # "grpc" (serves grpc.health.v1) or "http"
+    # A Settings field that must be set for the service to open the port at all (None: always).
+    when: str | None = None
+    # The Settings fields of the certificate and key files that make the listener TLS.
+    tls: tuple[str, str] | None = None
+
+    def opened_by(self, settings: Any) -> bool:
+        return self.when is None or bool(getattr(settings, self.when))
+
+    def serves_tls(self, settings: Any) -> bool:
+        return self.tls is not None and any(getattr(settings, f) is not None for f in self.tls)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ class ServiceSpec:
     metrics_port: str | None  # the port name that serves Prometheus /metrics
     # Settings fields that are folders the service writes to.
     writable_fields: tuple[str, ...] = ()
+    # HTTP paths that answer 200 whenever the service runs (what an httpGet probe may ask).
+    health_paths: tuple[str, ...] = ()
+    # Settings fields naming files the service reads besides its listeners' certificates.
+    read_fields: tuple[str, ...] = ()
 
     @property
     def config_module(self) -> str:
@@ -66,6 +81,17 @@ class ServiceSpec:
     def prefix(self) -> str:
         return str(importlib.import_module(self.config_module).PREFIX)
 
+    def file_fields(self) -> tuple[str, ...]:
+        """Every Settings field that names a file to read: certificates, keys, CA bundles."""
+        return tuple(f for port in self.ports for f in port.tls or ()) + self.read_fields
+
+    def opened_ports(self, settings: Any) -> list[Port]:
+        return [port for port in self.ports if port.opened_by(settings)]
+
+    def declared_ports(self, container: Doc) -> list[Port]:
+        """The ports of this service a container declares (what a runtime test can ask)."""
+        return [port for port in self.ports if resolve_port(container, port.name) is not None]
+
 
 SERVICES: dict[str, ServiceSpec] = {
     "gateway": ServiceSpec(
@@ -73,10 +99,13 @@ SERVICES: dict[str, ServiceSpec] = {
         "talos_gateway",
         (
             Port("http", "host", "http_port", "http"),
-            Port("grpc", "host", "grpc_port", "grpc"),
-            Port("relay", "host", "relay_port", "grpc"),
+            Port("grpc", "host", "grpc_port", "grpc", tls=("grpc_tls_cert_file", "grpc_tls_key_file")),
+            Port("relay", "host", "relay_port", "grpc", tls=("relay_tls_cert_file", "relay_tls_key_file")),
+            # The replicas' PeerService: opened only when the replica joins a network through Redis.
+            Port("peer", "host", "peer_port", "grpc", when="redis_url"),
         ),
         metrics_port="http",
+        health_paths=("/healthz", "/readyz?scope=replica"),
     ),
     "billing": ServiceSpec(
         "billing", "talos_billing", (Port("grpc", "host", "port", "grpc"),), None, ("data_dir",)
@@ -93,6 +122,7 @@ SERVICES: dict[str, ServiceSpec] = {
         ),
         metrics_port="metrics",
         writable_fields=("data_dir",),
+        read_fields=("ca_file",),
     ),
 }
 ANY_ADDRESS = {"0.0.0.0", "::", "[::]", ""}
@@ -190,6 +220,23 @@ def talos_containers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc, str]]:
                 yield workload, container, service
 
 
+def service_container(docs: list[Doc], service: str) -> tuple[Doc, Doc]:
+    """The workload and container of the first container running ``service``'s image."""
+    for workload, container, found in talos_containers(docs):
+        if found == service:
+            return workload, container
+    raise KeyError(service)
+
+
+def service_settings(docs: list[Doc], service: str) -> Any:
+    """The service's Settings as its container in the rendering gets them (they must load)."""
+    _, container = service_container(docs, service)
+    env = podenv.container_environment(container, docs, image_env(service, container["image"]))
+    settings, problems = effective_settings(service, env)
+    assert not problems and not env.problems, [*problems, *env.problems]
+    return settings
+
+
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -213,46 +260,7 @@ def label_selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[s
     return True
 
 
-# -- a container's environment as the process will see it -------------------------------------
-@dataclass
-class Environment:
-    values: dict[str, str]  # every variable with a literal value (image ENV, ConfigMaps, env)
-    secret: set[str]  # variables taken from a Secret
-    problems: list[str]
-
-
-SECRET_PLACEHOLDER = "from-a-secret"
-
-
-def container_environment(container: Doc, docs: list[Doc], image_env: Mapping[str, str]) -> Environment:
-    values = dict(image_env)
-    secret: set[str] = set()
-    problems: list[str] = []
-    for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            name = source["configMapRef"]["name"]
-            try:
-                data = named(docs, "ConfigMap", name).get("data", {})
-            except KeyError:
-                problems.append(f"envFrom ConfigMap {name} is not in the rendering")
-                continue
-            prefix = source.get("prefix", "")
-            values.update({prefix + k: str(v) for k, v in data.items()})
-        else:
-            problems.append(f"envFrom {sorted(source)}: only ConfigMaps (whose keys can be checked)")
-    for item in container.get("env", []):
-        name = item["name"]
-        if "value" in item:
-            values[name] = str(item["value"])
-            secret.discard(name)
-        elif "secretKeyRef" in item.get("valueFrom", {}):
-            secret.add(name)
-            values[name] = SECRET_PLACEHOLDER
-        else:
-            problems.append(f"env {name}: neither a value nor a secretKeyRef")
-    return Environment(values, secret, problems)
-
-
+# -- a container's environment -------------------------------------------------------------
 def image_env(service: str, image: str | None = None) -> dict[str, str]:
     """The ENV of the image's final stage (``image``: as a manifest names it)."""
     path = image_dockerfile(image, service) if image else dockerfile_path(service)
@@ -268,7 +276,7 @@ def resolve_port(container: Doc, port: int | str) -> Doc | None:
 
 
 def effective_settings(
-    service: str, env: Environment, settings_cls: type[Any] | None = None
+    service: str, env: podenv.Environment, settings_cls: type[Any] | None = None
 ) -> tuple[Any | None, list[str]]:
     spec = SERVICES[service]
     cls = settings_cls or spec.settings_class()
@@ -312,7 +320,7 @@ def check_container(
         problems.append(f"{spec.module} has no __main__ module")
 
     image_environ = image_env(service, container["image"]) if environ_of_image is None else environ_of_image
-    env = container_environment(container, docs, image_environ)
+    env = podenv.container_environment(container, docs, image_environ)
     problems += env.problems
     settings, setting_problems = effective_settings(service, env, settings_cls)
     problems += setting_problems
@@ -321,6 +329,8 @@ def check_container(
         opened: dict[str, tuple[int, Port]] = {}
         for port in spec.ports:
             try:
+                if not port.opened_by(settings):
+                    continue
                 number = getattr(settings, port.port_field)
                 host = getattr(settings, port.host_field)
             except AttributeError as exc:
@@ -331,6 +341,8 @@ def check_container(
                 problems.append(
                     f"{port.name}: {spec.module} listens on {host}, unreachable from outside the pod"
                 )
+            if port.tls is not None and len({getattr(settings, f) is None for f in port.tls}) > 1:
+                problems.append(f"{port.name}: TLS needs both {' and '.join(port.tls)}")
         declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
         wanted = {name: number for name, (number, _) in opened.items()}
         if declared != wanted:
@@ -341,20 +353,17 @@ def check_container(
             if not probe:
                 problems.append(f"no {probe_name}")
                 continue
-            if "grpc" not in probe:
-                problems.append(f"{probe_name} is not a native gRPC probe: {sorted(probe)}")
-                continue
-            target = probe["grpc"]["port"]
             by_number = {number: port for number, port in opened.values()}
-            target_port = by_number.get(target)
-            if target_port is None:
-                problems.append(f"{probe_name} targets port {target}, which {spec.module} does not open")
-            elif target_port.protocol != "grpc":
-                problems.append(
-                    f"{probe_name} targets {target_port.name} ({target}), which serves no gRPC health"
-                )
-            elif resolve_port(container, target) is None:
-                problems.append(f"{probe_name} targets port {target}, which the container does not declare")
+            problems += [
+                f"{probe_name} {p}" for p in probe_problems(probe, container, spec, by_number, settings)
+            ]
+
+        for field_name in spec.file_fields():
+            value = getattr(settings, field_name, None)
+            if value is not None:
+                _, file_problems = mounts.file_source(pod_spec(workload), container, str(value))
+                variable = env_name(spec.prefix(), field_name)
+                problems += [f"{variable}={value}: {p}" for p in file_problems]
 
         annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
         if spec.metrics_port is not None:
@@ -366,15 +375,47 @@ def check_container(
         elif "prometheus.io/scrape" in annotations:
             problems.append(f"scrape annotation, but {spec.module} serves no /metrics")
 
-        mounts = writable_mounts(workload, container)
+        writable = writable_mounts(workload, container)
         for field_name in spec.writable_fields:
             folder = Path(str(getattr(settings, field_name)))
-            if not under_any(folder, mounts):
+            if not under_any(folder, writable):
                 problems.append(f"{field_name}={folder} is not on a writable volume (root is read-only)")
     for name in WRITABLE_ENV:
         if name in env.values and not under_any(Path(env.values[name]), writable_mounts(workload, container)):
             problems.append(f"{name}={env.values[name]} is not on a writable volume (root is read-only)")
     return [f"{where}: {p}" for p in problems]
+
+
+def probe_problems(
+    probe: Doc, container: Doc, spec: ServiceSpec, opened: Mapping[int, Port], settings: Any
+) -> list[str]:
+    """A native gRPC probe on a plaintext gRPC listener, or an HTTP GET of a health path."""
+    if "grpc" in probe:
+        target = probe["grpc"]["port"]
+        port = opened.get(target)
+        if port is None:
+            return [f"targets port {target}, which {spec.module} does not open"]
+        if port.protocol != "grpc":
+            return [f"targets {port.name} ({target}), which serves no gRPC health"]
+        if resolve_port(container, target) is None:
+            return [f"targets port {target}, which the container does not declare"]
+        if port.serves_tls(settings):
+            return [
+                f"targets {port.name} ({target}), which serves TLS: the kubelet's gRPC probe speaks plaintext"
+            ]
+        return []
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        declared = resolve_port(container, get["port"])
+        port = opened.get(declared["containerPort"]) if declared else None
+        if port is None:
+            return [f"targets port {get['port']}, which {spec.module} does not open"]
+        if port.protocol != "http" or get.get("scheme", "HTTP") != "HTTP":
+            return [f"targets {port.name} ({get['port']}), which serves no plain HTTP"]
+        if get.get("path") not in spec.health_paths:
+            return [f"asks {get.get('path')}, not one of {spec.module}'s health paths {spec.health_paths}"]
+        return []
+    return [f"is neither a native gRPC nor an HTTP GET probe: {sorted(probe)}"]
 
 
 def writable_mounts(workload: Doc, container: Doc) -> list[Path]:
@@ -390,68 +431,3 @@ def writable_mounts(workload: Doc, container: Doc) -> list[Path]:
 
 def under_any(path: Path, roots: list[Path]) -> bool:
     return path.is_absolute() and any(path == root or root in path.parents for root in roots)
-
-
-# -- NetworkPolicy evaluation (same namespace, label selectors) --------------------------------
-@dataclass(frozen=True)
-class Endpoint:
-    labels: Mapping[str, str] | None  # None: outside the cluster (an IP address)
-    namespace_labels: Mapping[str, str] | None = None  # None: the overlay's own namespace
-
-
-def _peer_matches(peer: Doc, endpoint: Endpoint) -> bool:
-    if "ipBlock" in peer:
-        return endpoint.labels is None
-    if endpoint.labels is None:
-        return False
-    if "namespaceSelector" in peer:
-        if endpoint.namespace_labels is None:
-            return False
-        if not label_selector_matches(peer["namespaceSelector"], endpoint.namespace_labels):
-            return False
-    elif endpoint.namespace_labels is not None:
-        return False  # a bare podSelector means pods of this namespace only
-    return label_selector_matches(peer.get("podSelector"), endpoint.labels)
-
-
-def _rule_allows(rule: Doc, peers_key: str, peer: Endpoint, port: int, protocol: str) -> bool:
-    peers = rule.get(peers_key)
-    if peers is not None and not any(_peer_matches(p, peer) for p in peers):
-        return False
-    ports = rule.get("ports")
-    if ports is None:
-        return True
-    return any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port) for p in ports)
-
-
-def _direction_allows(
-    policies: list[Doc], pod: Mapping[str, str], direction: str, peer: Endpoint, port: int, protocol: str
-) -> bool:
-    selecting = [
-        p
-        for p in policies
-        if direction in p["spec"].get("policyTypes", ["Ingress"])
-        and label_selector_matches(p["spec"].get("podSelector"), pod)
-    ]
-    if not selecting:
-        return True  # no policy isolates this pod in this direction
-    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    return any(
-        _rule_allows(rule, peers_key, peer, port, protocol)
-        for policy in selecting
-        for rule in policy["spec"].get(key) or []
-    )
-
-
-def allowed(
-    docs: list[Doc], source: Endpoint, destination: Endpoint, port: int, protocol: str = "TCP"
-) -> bool:
-    """Would the overlay's NetworkPolicies let ``source`` open ``port`` on ``destination``?"""
-    policies = of_kind(docs, "NetworkPolicy")
-    if source.labels is not None and source.namespace_labels is None:
-        if not _direction_allows(policies, source.labels, "Egress", destination, port, protocol):
-            return False
-    if destination.labels is not None and destination.namespace_labels is None:
-        if not _direction_allows(policies, destination.labels, "Ingress", source, port, protocol):
-            return False
-    return True

@@ -256,7 +256,7 @@ def test_each_service_answers_its_health_check(mesh: Mesh) -> None:
     ):
         _, manifest = _dev(mesh.docs, service)
         spec = k8s.SERVICES[service]
-        for port in spec.ports:
+        for port in spec.declared_ports(manifest):
             address = f"{made.ip(mesh.network)}:{_port(manifest, port.name)}"
             if port.protocol == "grpc":
                 assert _health(address) == health_pb2.HealthCheckResponse.SERVING, (service, port.name)
@@ -265,7 +265,9 @@ def test_each_service_answers_its_health_check(mesh: Mesh) -> None:
                 with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
                     assert reply.status == 200 and b"# TYPE" in reply.read()
     assert asked == 1 + sum(
-        p.protocol == "grpc" for s in ("moderation", "gateway", "render") for p in k8s.SERVICES[s].ports
+        p.protocol == "grpc"
+        for s in ("moderation", "gateway", "render")
+        for p in k8s.SERVICES[s].declared_ports(_dev(mesh.docs, s)[1])
     )
 
 

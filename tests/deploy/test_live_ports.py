@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_dev.procs import ServiceProcess, python_module
-from tests.deploy import k8s
+from tests.deploy import k8s, podenv
 
 START_TIMEOUT = 180.0
 # The render node's data folder holds only the built-in test model, built once (~30 s on a busy
@@ -45,7 +45,7 @@ def pod_environment(docs: list[dict[str, Any]], service: str) -> dict[str, str]:
     """The TALOS_* variables the service's container gets from the overlay and its image."""
     for _, container, svc in k8s.talos_containers(docs):
         if svc == service:
-            env = k8s.container_environment(container, docs, k8s.image_env(service, container["image"]))
+            env = podenv.container_environment(container, docs, k8s.image_env(service, container["image"]))
             return {k: v for k, v in env.values.items() if k.startswith("TALOS_") and k not in env.secret}
     raise KeyError(service)
 
@@ -152,12 +152,15 @@ def health_status(port: int) -> int:
 
 
 @pytest.mark.parametrize("service", [pytest.param(s, id=s) for s in k8s.SERVICES])
-def test_the_ports_the_manifests_name_are_opened_by_their_settings(live: Live, service: str) -> None:
+def test_the_ports_the_manifests_name_are_opened_by_their_settings(
+    live: Live, rendered: dict[str, list[Any]], service: str
+) -> None:
     spec = k8s.SERVICES[service]
     proc = live.procs[service]
     assert proc.alive()
     announced = " ".join(str(v) for v in proc.ready.values())
-    for port in spec.ports:
+    (manifest,) = [c for _, c, s in k8s.talos_containers(rendered["dev"]) if s == service]
+    for port in spec.declared_ports(manifest):
         number = live.ports[service][port.name]
         if port.protocol == "grpc":
             assert health_status(number) == health_pb2.HealthCheckResponse.SERVING, port.name
@@ -169,18 +172,38 @@ def test_the_ports_the_manifests_name_are_opened_by_their_settings(live: Live, s
             assert f":{number}" in announced, f"{port.name} {number} not in the ready line {proc.ready}"
 
 
+def http_status(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+        return int(reply.status)
+
+
 def test_every_probe_of_the_dev_overlay_answers_serving(live: Live, rendered: dict[str, list[Any]]) -> None:
     """Translate each container's probe ports to the live processes and ask them, as a kubelet would."""
     asked = 0
     for _, container, service in k8s.talos_containers(rendered["dev"]):
         spec = k8s.SERVICES[service]
         for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
-            declared = k8s.resolve_port(container, container[probe_name]["grpc"]["port"])
+            probe = container[probe_name]
+            declared = k8s.resolve_port(container, (probe.get("grpc") or probe["httpGet"])["port"])
             assert declared is not None
             (port,) = [p for p in spec.ports if p.name == declared["name"]]
-            assert health_status(live.ports[service][port.name]) == health_pb2.HealthCheckResponse.SERVING
+            if "grpc" in probe:
+                assert health_status(live.ports[service][port.name]) == health_pb2.HealthCheckResponse.SERVING
+            else:
+                assert http_status(live.ports[service][port.name], probe["httpGet"]["path"]) == 200
             asked += 1
     assert asked == 3 * len(k8s.SERVICES)
+
+
+@pytest.mark.parametrize(
+    "service", [pytest.param(s, id=s) for s in k8s.SERVICES if k8s.SERVICES[s].health_paths]
+)
+def test_the_health_paths_an_http_probe_may_ask_answer(live: Live, service: str) -> None:
+    """The paths the prod overlay's HTTP probes may ask (where a gRPC probe cannot speak TLS)."""
+    spec = k8s.SERVICES[service]
+    (http,) = [p for p in spec.ports if p.protocol == "http"]
+    for path in spec.health_paths:
+        assert http_status(live.ports[service][http.name], path) == 200, path
 
 
 def test_the_render_node_joins_the_gateway_s_relay(live: Live) -> None:

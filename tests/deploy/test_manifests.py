@@ -15,8 +15,8 @@ import pytest
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from talos_common import settings as talos_settings
-from tests.deploy import k8s, secrets
-from tests.deploy.k8s import Endpoint
+from tests.deploy import k8s, netpol, secrets
+from tests.deploy.netpol import Endpoint
 
 Doc = dict[str, Any]
 
@@ -83,18 +83,11 @@ def test_containers_run_the_right_module_with_settings_ports_and_probes_the_serv
     assert not problems, "\n".join(problems)
 
 
-def _first(docs: list[Doc], service: str) -> tuple[Doc, Doc]:
-    for workload, container, svc in k8s.talos_containers(docs):
-        if svc == service:
-            return workload, container
-    raise KeyError(service)
-
-
 def test_an_unknown_variable_a_renamed_setting_or_a_wrong_port_is_caught(
     rendered: dict[str, list[Doc]],
 ) -> None:
     docs = copy.deepcopy(rendered["prod"])
-    workload, container = _first(docs, "billing")
+    workload, container = k8s.service_container(docs, "billing")
     assert k8s.check_container(workload, container, "billing", docs) == []
 
     # A variable the service does not read.
@@ -141,11 +134,18 @@ def test_a_gateway_probe_on_the_http_port_or_a_loopback_listener_is_caught(
     rendered: dict[str, list[Doc]],
 ) -> None:
     docs = copy.deepcopy(rendered["prod"])
-    workload, container = _first(docs, "gateway")
-    container["livenessProbe"]["grpc"]["port"] = 8080
+    workload, container = k8s.service_container(docs, "gateway")
+    container["livenessProbe"] = {"grpc": {"port": 8080}}
     problems = k8s.check_container(workload, container, "gateway", docs)
     assert any("serves no gRPC health" in p for p in problems), problems
-    container["livenessProbe"]["grpc"]["port"] = 50051
+    container["livenessProbe"] = {"httpGet": {"port": "grpc", "path": "/healthz"}}
+    problems = k8s.check_container(workload, container, "gateway", docs)
+    assert any("serves no plain HTTP" in p for p in problems), problems
+    container["livenessProbe"] = {"httpGet": {"port": "http", "path": "/v1/options"}}
+    problems = k8s.check_container(workload, container, "gateway", docs)
+    assert any("not one of talos_gateway's health paths" in p for p in problems), problems
+    container["livenessProbe"] = {"httpGet": {"port": "http", "path": "/healthz"}}
+    assert k8s.check_container(workload, container, "gateway", docs) == []
     cm_name = container["envFrom"][0]["configMapRef"]["name"]
     k8s.named(docs, "ConfigMap", cm_name)["data"]["TALOS_GATEWAY_HOST"] = "127.0.0.1"
     problems = k8s.check_container(workload, container, "gateway", docs)
@@ -167,14 +167,6 @@ def test_services_reach_the_ports_their_pods_declare(rendered: dict[str, list[Do
                     )
 
 
-def _setting(docs: list[Doc], service: str) -> Any:
-    _, container = _first(docs, service)
-    env = k8s.container_environment(container, docs, k8s.image_env(service, container["image"]))
-    settings, problems = k8s.effective_settings(service, env)
-    assert not problems
-    return settings
-
-
 def _service_for(docs: list[Doc], address: str) -> tuple[Doc, int]:
     host, _, port = address.rpartition(":")
     return k8s.named(docs, "Service", host.split(".")[0]), int(port)
@@ -183,10 +175,10 @@ def _service_for(docs: list[Doc], address: str) -> tuple[Doc, int]:
 @pytest.mark.parametrize("overlay", overlay_params())
 def test_addresses_point_at_services_of_the_right_pods(rendered: dict[str, list[Doc]], overlay: str) -> None:
     docs = rendered[overlay]
-    gateway = _setting(docs, "gateway")
-    render = _setting(docs, "render")
-    billing = _setting(docs, "billing")
-    moderation = _setting(docs, "moderation")
+    gateway = k8s.service_settings(docs, "gateway")
+    render = k8s.service_settings(docs, "render")
+    billing = k8s.service_settings(docs, "billing")
+    moderation = k8s.service_settings(docs, "moderation")
     gateway_pod = k8s.pod_labels(k8s.named(docs, "Deployment", "talos-gateway"))
 
     # Render nodes dial a headless Service, so the name resolves to every gateway replica.
@@ -269,8 +261,8 @@ def test_termination_grace_outlasts_the_longest_render_and_every_drain(
     from talos.api.v1 import contract
 
     docs = rendered[overlay]
-    gateway = _setting(docs, "gateway")
-    render = _setting(docs, "render")
+    gateway = k8s.service_settings(docs, "gateway")
+    render = k8s.service_settings(docs, "render")
     # The relay's time limit for the longest job it can be given: the most steps the API allows
     # (and the node accepts) at the largest size the API offers.
     steps = min(int(contract.STEPS.maximum or 0), render.max_steps)
@@ -279,11 +271,11 @@ def test_termination_grace_outlasts_the_longest_render_and_every_drain(
         gateway.job_timeout_base_seconds + gateway.job_timeout_per_step_megapixel_seconds * steps * megapixels
     )
 
-    render_workload, render_container = _first(docs, "render")
+    render_workload, render_container = k8s.service_container(docs, "render")
     assert render.shutdown_grace_seconds >= longest
     assert _grace(render_workload) > render.shutdown_grace_seconds + _pre_stop_seconds(render_container)
 
-    gateway_workload, gateway_container = _first(docs, "gateway")
+    gateway_workload, gateway_container = k8s.service_container(docs, "gateway")
     assert _pre_stop_seconds(gateway_container) >= 5, "endpoints need time to drop a draining gateway"
     assert gateway.drain_grace_seconds >= longest, (
         "a job on a node when draining starts must be able to finish"
@@ -298,8 +290,8 @@ def test_termination_grace_outlasts_the_longest_render_and_every_drain(
     assert _grace(gateway_workload) >= gateway_shutdown + 10
 
     for service in ("billing", "moderation"):
-        workload, container = _first(docs, service)
-        settings = _setting(docs, service)
+        workload, container = k8s.service_container(docs, service)
+        settings = k8s.service_settings(docs, service)
         assert _grace(workload) > settings.drain_grace_seconds + _pre_stop_seconds(container), service
 
     # The startup probe leaves room for loading and warming up the model (10 minutes at least).
@@ -314,13 +306,13 @@ def test_dev_runs_one_of_each_with_the_builtin_model_on_a_cpu_and_its_own_postgr
     assert not k8s.of_kind(docs, "HorizontalPodAutoscaler")
     for workload in k8s.workloads(docs):
         assert workload["spec"].get("replicas", 1) == 1, workload["metadata"]["name"]
-    render = _setting(docs, "render")
+    render = k8s.service_settings(docs, "render")
     assert render.model == "builtin" and render.device == "cpu"
-    _, container = _first(docs, "render")
+    _, container = k8s.service_container(docs, "render")
     assert not any("nvidia.com/gpu" in container["resources"].get(k, {}) for k in ("requests", "limits"))
-    assert "nodeSelector" not in k8s.pod_spec(_first(docs, "render")[0])
+    assert "nodeSelector" not in k8s.pod_spec(k8s.service_container(docs, "render")[0])
 
-    billing = _setting(docs, "billing")
+    billing = k8s.service_settings(docs, "billing")
     url = billing.database_url
     assert url.startswith("postgresql+asyncpg://") and not secrets.URL_WITH_PASSWORD.search(url)
     service, port = _service_for(docs, url.split("@", 1)[1].split("/", 1)[0])
@@ -345,12 +337,12 @@ def test_prod_runs_replicas_gpu_render_nodes_and_postgresql_from_a_secret(
         target = k8s.pod_labels(k8s.named(docs, "Deployment", name))
         assert k8s.label_selector_matches(pdbs[name]["spec"]["selector"], target), name
 
-    workload, container = _first(docs, "render")
+    workload, container = k8s.service_container(docs, "render")
     spec = k8s.pod_spec(workload)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert spec["nodeSelector"]
     assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in spec["tolerations"])
-    render = _setting(docs, "render")
+    render = k8s.service_settings(docs, "render")
     assert render.device.startswith("cuda")
     (model_mount,) = [
         m for m in container["volumeMounts"] if Path(render.model).is_relative_to(m["mountPath"])
@@ -363,7 +355,7 @@ def test_prod_runs_replicas_gpu_render_nodes_and_postgresql_from_a_secret(
     assert "ReadOnlyMany" in pvc["spec"]["accessModes"]
 
     for service, secret_var in (("billing", "TALOS_BILLING_DATABASE_URL"), ("render", "TALOS_RENDER_TOKEN")):
-        _, container = _first(docs, service)
+        _, container = k8s.service_container(docs, service)
         (item,) = [e for e in container["env"] if e["name"] == secret_var]
         assert item["valueFrom"]["secretKeyRef"]["name"]
     assert not k8s.of_kind(docs, "StatefulSet"), "prod's PostgreSQL is outside the cluster"
@@ -391,7 +383,7 @@ def test_network_policies_let_only_the_paths_talos_uses(rendered: dict[str, list
     gateway, billing, moderation, render = (pods[n] for n in ("gateway", "billing", "moderation", "render"))
 
     def can(src: Endpoint, dst: Endpoint, port: int, protocol: str = "TCP") -> bool:
-        return k8s.allowed(docs, src, dst, port, protocol)
+        return netpol.allowed(docs, src, dst, port, protocol)
 
     # A default deny for everything in the namespace.
     assert any(
@@ -428,12 +420,12 @@ def test_network_policies_let_only_the_paths_talos_uses(rendered: dict[str, list
 def test_the_policy_evaluator_sees_an_opened_path(rendered: dict[str, list[Doc]]) -> None:
     docs = copy.deepcopy(rendered["prod"])
     pods = _pods(docs)
-    assert not k8s.allowed(docs, pods["render"], pods["billing"], 50061)
+    assert not netpol.allowed(docs, pods["render"], pods["billing"], 50061)
     policy = k8s.named(docs, "NetworkPolicy", "talos-billing")
     policy["spec"]["ingress"][0]["from"].append({"podSelector": {}})
     render_policy = k8s.named(docs, "NetworkPolicy", "talos-render")
     render_policy["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 50061}]})
-    assert k8s.allowed(docs, pods["render"], pods["billing"], 50061)
+    assert netpol.allowed(docs, pods["render"], pods["billing"], 50061)
 
 
 # -- secrets ---------------------------------------------------------------------------------
@@ -466,11 +458,11 @@ def test_the_secret_checks_catch_committed_values(rendered: dict[str, list[Doc]]
 
     docs = copy.deepcopy(rendered["prod"])
     assert secrets.secret_problems(docs) == []
-    _, container = _first(docs, "render")
+    _, container = k8s.service_container(docs, "render")
     (token,) = [e for e in container["env"] if e["name"] == "TALOS_RENDER_TOKEN"]
     token.pop("valueFrom")
     token["value"] = keys.new_node_token()
-    _, billing = _first(docs, "billing")
+    _, billing = k8s.service_container(docs, "billing")
     (url,) = [e for e in billing["env"] if e["name"] == "TALOS_BILLING_DATABASE_URL"]
     url.pop("valueFrom")
     url["value"] = "postgresql+asyncpg://talos:hunter2@db:5432/talos"

@@ -42,7 +42,7 @@ def test_every_talos_variable_in_the_guide_is_a_setting() -> None:
 
 def test_every_repository_path_in_the_guide_exists() -> None:
     paths = set(re.findall(r"`((?:deploy|services|docs|requirements|bench)/[\w./<>*-]+)`", GUIDE))
-    paths |= {f"deploy/k8s/{p}" for p in re.findall(r"`((?:base|overlays)/[\w./-]+)`", GUIDE)}
+    paths |= {f"deploy/k8s/{p}" for p in re.findall(r"`((?:base|overlays|components)/[\w./-]+)`", GUIDE)}
     assert len(paths) >= 5
     for path in sorted(paths):
         if "*" in path or "<" in path:
@@ -107,4 +107,27 @@ def test_the_guide_states_the_dev_overlay_s_node_and_requests(rendered: dict[str
     assert (
         f"leaves {sizing.cores(margin.cpu)} core and {sizing.gibibytes(margin.memory)} GiB for kube-system"
         in text
+    )
+
+
+# -- a contributor's node ----------------------------------------------------------------------
+def render_commands() -> list[list[str]]:
+    """Every ``talos-render`` command line in the guide (for the image, what follows its name)."""
+    text = GUIDE.replace("\\\n", " ")
+    found = re.findall(r"talos-render(?::[\w.-]+)? ((?:--[\w-]+(?: [^\s`-][^\s`]*)? ?)+)", text)
+    return [shlex.split(command) for command in found]
+
+
+def test_the_contributor_s_commands_parse_and_dial_the_relay_over_tls() -> None:
+    from talos_render.__main__ import build_parser
+
+    commands = render_commands()
+    assert len(commands) >= 2, commands
+    for words in commands:
+        args = build_parser().parse_args(["serve", *words])
+        assert args.relay and args.model and args.ca_file, words
+        assert not args.insecure, "a contributor's node never dials in plaintext"
+    host = commands[0][commands[0].index("--relay") + 1].rsplit(":", 1)[0]
+    assert host in (k8s.K8S / "components" / "cert-manager" / "relay-certificate.yaml").read_text(), (
+        "the guide's relay name is the one the certificate carries"
     )

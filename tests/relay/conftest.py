@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from talos_common.errors import TalosError
 from talos_gateway.config import Settings
 from talos_gateway.relay import Relay, start_relay_server
 from talos_gateway.relay.contract import RelayEvent, RenderSpec
+from talos_gateway.relay.states import REFUSED
 
 from .peer import PeerNode
 
@@ -115,15 +117,82 @@ async def collect(events: AsyncIterator[RelayEvent]) -> list[RelayEvent]:
 
 MakeRelay = Callable[..., Awaitable[Harness]]
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+async def redis_reachable(url: str = REDIS_URL) -> bool:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+async def require_redis() -> None:
+    """Network tests need the Redis at 127.0.0.1:6379: skipped without it, except under CI."""
+    if not await redis_reachable():
+        if IN_CI:
+            pytest.fail(f"Redis is not reachable at {REDIS_URL} (CI must provide it)")
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+
+
+async def drop_network(name: str) -> None:
+    """Deletes every key of a test network (tests share one Redis; each has its own network)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"talos:{name}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
 
 @pytest.fixture
-async def make_relay() -> AsyncIterator[MakeRelay]:
+def relay_backend() -> str:
+    """The queue backend of relays made by ``make_relay``; modules may parametrize it."""
+    return "memory"
+
+
+@pytest.fixture
+async def relay_network(relay_backend: str) -> AsyncIterator[str | None]:
+    """A network name of this test's own, when the backend is Redis."""
+    if relay_backend != "redis":
+        yield None
+        return
+    await require_redis()
+    name = "test-" + secrets.token_hex(6)
+    yield name
+    await drop_network(name)
+
+
+@pytest.fixture(autouse=True)
+def no_illegal_transitions() -> Iterator[None]:
+    """Every state change of a job or an attempt is in its table, even inside callbacks."""
+    before = REFUSED.count
+    yield
+    assert REFUSED.count == before, "the relay attempted an illegal state transition (see the log)"
+
+
+@pytest.fixture
+async def make_relay(relay_network: str | None) -> AsyncIterator[MakeRelay]:
     made: list[Harness] = []
 
-    async def factory(tokens: TokenTable | None = None, **overrides: Any) -> Harness:
-        settings = dataclasses.replace(Settings(), **{**TEST_SETTINGS, **overrides})
+    async def factory(
+        tokens: TokenTable | None = None, active_nodes: Any = None, **overrides: Any
+    ) -> Harness:
+        network: dict[str, Any] = {}
+        if relay_network is not None:
+            network = {"redis_url": REDIS_URL, "relay_network": relay_network, "peer_port": 0}
+        settings = dataclasses.replace(Settings(), **{**TEST_SETTINGS, **network, **overrides})
         table = tokens or TokenTable()
-        relay = Relay(settings, table.authenticate)
+        relay = Relay(settings, table.authenticate, active_nodes)
         server, port = await start_relay_server(relay, settings)
         harness = Harness(relay, server, port, table)
         made.append(harness)

@@ -5,6 +5,8 @@ a delay per step, garbage, the wrong size, a huge payload, silence...). It keeps
 every relay address it is given and, like a real node, refuses work beyond its concurrency
 with JobRejected(busy) whichever relay the job came from. ``python -m tests.relay.peer`` runs one
 in its own process (so a test can SIGKILL it) and prints a TALOS_READY line once welcomed.
+With ``reconnect`` it dials again whenever its stream ends, as a real node does (its jobs on the
+broken stream are dropped: nobody could receive their results).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class PeerNode:
         hello: bool = True,
         max_message_bytes: int = 64 * MiB,
         name: str = "peer",
+        reconnect: bool = False,
     ) -> None:
         self.addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         self.token = token
@@ -110,6 +113,8 @@ class PeerNode:
         self.hello = hello
         self.max_message_bytes = max_message_bytes
         self.name = name
+        self.reconnect = reconnect
+        self.connects = 0  # streams welcomed, reconnects included
         self.links: list[Link] = []
         self.jobs: dict[str, PeerJob] = {}
         self.received: list[str] = []  # every job id sent to this node, in order
@@ -182,6 +187,19 @@ class PeerNode:
             yield message
 
     async def _run_link(self, link: Link) -> None:
+        await self._stream(link)
+        while self.reconnect:
+            for pjob in [p for p in self.jobs.values() if p.link is link]:
+                self.jobs.pop(pjob.job.job_id, None)
+                if pjob.task is not None:
+                    pjob.task.cancel()
+            link.outbox = asyncio.Queue()
+            link.welcomed = asyncio.Event()
+            link.ended = asyncio.Event()
+            await asyncio.sleep(0.2)
+            await self._stream(link)
+
+    async def _stream(self, link: Link) -> None:
         options = KEEPALIVE_CLIENT_OPTIONS + message_size_options(self.max_message_bytes)
         channel = grpc.aio.insecure_channel(link.address, options=options)
         self._channels.append(channel)
@@ -195,6 +213,7 @@ class PeerNode:
                     link.node_id = message.welcome.node_id
                     link.heartbeat_seconds = self.heartbeat_override or message.welcome.heartbeat_seconds
                     link.welcomed.set()
+                    self.connects += 1
                     if self.heartbeat:
                         beat = asyncio.create_task(self._beat(link))
                 elif kind == "job":
@@ -207,6 +226,9 @@ class PeerNode:
             if beat is not None:
                 beat.cancel()
             link.ended.set()
+            if self.reconnect:
+                self._channels.remove(channel)
+                await channel.close(grace=None)
 
     async def _beat(self, link: Link) -> None:
         while True:
@@ -238,11 +260,13 @@ class PeerNode:
             else:
                 await self._builtin(pjob)
         except asyncio.CancelledError:
-            pjob.link.send(
-                relay_pb2.NodeMessage(failed=relay_pb2.JobFailed(job_id=job_id, reason="cancelled"))
-            )
+            if self.jobs.get(job_id) is pjob:  # not a job dropped with its broken stream
+                pjob.link.send(
+                    relay_pb2.NodeMessage(failed=relay_pb2.JobFailed(job_id=job_id, reason="cancelled"))
+                )
         finally:
-            self.jobs.pop(job_id, None)
+            if self.jobs.get(job_id) is pjob:
+                del self.jobs[job_id]
 
     async def _builtin(self, pjob: PeerJob) -> None:
         job, send = pjob.job, pjob.link.send
@@ -303,6 +327,7 @@ async def _main() -> None:
     parser.add_argument("--behaviour", default="ok")
     parser.add_argument("--step-delay", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--reconnect", action="store_true")
     args = parser.parse_args()
     node = PeerNode(
         args.relay,
@@ -310,6 +335,8 @@ async def _main() -> None:
         behaviour=args.behaviour,
         step_delay=args.step_delay,
         concurrency=args.concurrency,
+        reconnect=args.reconnect,
+        name=args.token[-6:],
     )
     await node.start()
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -9,7 +10,7 @@ import pytest
 
 from talos.billing.v1 import billing_pb2, billing_pb2_grpc
 from talos_common.errors import from_rpc_error
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 from talos_gateway.relay.contract import Finished
 
 from .conftest import MakeRelay, TokenTable, collect, spec
@@ -106,3 +107,29 @@ async def test_billing_down_means_unavailable_not_unauthenticated(make_relay: Ma
     await node.start()
     error = node.links[0].error
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_revoked_token_ends_the_open_stream_within_seconds(
+    make_relay: MakeRelay, billing_tokens: BillingTokens
+) -> None:
+    async def active_nodes(node_ids: list[str]) -> list[str]:
+        reply = await billing_tokens.stub.ActiveNodes(
+            billing_pb2.ActiveNodesRequest(node_ids=node_ids), timeout=5
+        )
+        return list(reply.active_node_ids)
+
+    h = await make_relay(billing_tokens, active_nodes=active_nodes, node_revocation_check_seconds=0.5)
+    doomed_id, doomed_token = await billing_tokens.create("doomed-node")
+    _, kept_token = await billing_tokens.create("kept-node")
+    doomed, kept = PeerNode(h.address, doomed_token), PeerNode(h.address, kept_token)
+    h.nodes += [doomed, kept]
+    await doomed.start()
+    await kept.start()
+    await h.wait_status("nodes_connected", 2)
+    assert await billing_tokens.revoke(doomed_id)
+    await asyncio.wait_for(doomed.links[0].ended.wait(), timeout=10)
+    error = doomed.links[0].error
+    assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "revoked" in (error.details() or "")
+    assert not kept.links[0].ended.is_set()
+    await h.wait_status("nodes_connected", 1)

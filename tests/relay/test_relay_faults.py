@@ -10,7 +10,7 @@ import pytest
 
 from talos.relay.v1 import relay_pb2
 from talos_common.errors import TalosError
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 from talos_gateway.relay.contract import Finished, Progress, Started
 
 from .conftest import Harness, MakeRelay, collect, spec, wait_until

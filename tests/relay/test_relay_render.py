@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from talos_common.errors import TalosError
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 from talos_gateway.relay.contract import Finished, Progress, Started
 
 from .conftest import Harness, MakeRelay, TokenTable, collect, spec, wait_until

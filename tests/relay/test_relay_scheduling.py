@@ -6,11 +6,15 @@ import asyncio
 
 import pytest
 
+from talos.relay.v1 import relay_pb2
 from talos_common.errors import TalosError
 from talos_gateway.relay.contract import Finished, Progress, Queued, RelayEvent, Started
 
 from .conftest import MakeRelay, collect, spec, wait_until
-from .peer import tiny_image
+from .peer import Link, PeerNode, tiny_image
+
+# Every behaviour of the queue holds with the queue in memory and with the queue in Redis.
+pytestmark = pytest.mark.parametrize("relay_backend", ["memory", "redis"])
 
 
 async def test_a_job_streams_started_progress_and_a_checked_image(make_relay: MakeRelay) -> None:
@@ -163,3 +167,43 @@ async def test_a_job_waiting_too_long_fails_with_no_capacity(make_relay: MakeRel
         await collect(h.relay.run("j1", "acct", spec()))
     assert failed.value.code == "no_capacity"
     await running.aclose()
+
+
+class CountingPeer(PeerNode):
+    """A peer that counts, at every job it is sent, the jobs it already holds."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.overloads = 0
+        self.seen: list[int] = []
+
+    def _on_job(self, link: Link, job: relay_pb2.RenderJob) -> None:
+        self.seen.append(self.active)
+        if self.active >= self.concurrency:
+            self.overloads += 1
+        super()._on_job(link, job)
+
+
+async def test_a_node_never_gets_more_jobs_than_its_hello_offered(make_relay: MakeRelay) -> None:
+    h = await make_relay(queue_bound=1000, queue_bound_per_account=1000)
+    nodes = []
+    for slots in (1, 2, 4):
+        node = CountingPeer(
+            h.address,
+            h.tokens.issue(f"slots-{slots}"),
+            name=f"slots-{slots}",
+            concurrency=slots,
+            step_delay=0.01,
+        )
+        h.nodes.append(node)
+        await node.start()
+        nodes.append(node)
+    await h.wait_status("nodes_connected", 3)
+    flood = [collect(h.relay.run(f"f{i}", f"acct-{i % 6}", spec(steps=3))) for i in range(70)]
+    results = await asyncio.gather(*flood)
+    assert all(isinstance(events[-1], Finished) for events in results)
+    for node in nodes:
+        assert node.overloads == 0 and node.rejected_busy == 0, (node.name, node.seen)
+        assert len(node.seen) == len(node.received) > 0
+        assert max(node.seen) == node.concurrency - 1  # it was kept full, never fuller
+    assert sum(len(node.completed) for node in nodes) == 70

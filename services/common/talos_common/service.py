@@ -25,6 +25,10 @@ EXIT_USAGE = 2
 S = TypeVar("S")
 
 
+class CannotStart(RuntimeError):
+    """Something the service needs at start is missing (its message names the setting)."""
+
+
 class Service(Protocol):
     """A service built and bound by its ``create_server``, not yet serving."""
 
@@ -87,7 +91,7 @@ def main(
 
     try:
         asyncio.run(run())
-    except PortInUse as error:
+    except (PortInUse, CannotStart) as error:
         fail(program, str(error))
     except KeyboardInterrupt:
         pass

@@ -42,7 +42,7 @@ class Gateway:
         self.moderation_channel = open_channel(settings.moderation_addr, settings.relay_max_message_bytes)
         self.billing = Billing(self.billing_channel, timeout)
         self.moderation = Moderation(self.moderation_channel, timeout)
-        self.relay = Relay(settings, self.billing.authenticate_node)
+        self.relay = Relay(settings, self.billing.authenticate_node, self.billing.active_nodes)
         self.registry = JobRegistry(settings, self.billing, self.moderation, self.relay)
         self.server, self.health = build_server(
             [lambda server: grpc_api.register(server, self.registry)],
@@ -96,6 +96,8 @@ class Gateway:
         s = self.settings
         self.relay_server, relay_port = await start_relay_server(self.relay, s)
         self._addresses["relay"] = f"{s.host}:{relay_port}"
+        if self.relay.network is not None:
+            self._addresses["peer"] = self.relay.network.peer_address
         self.registry.start()
         await self.server.start()
         await set_serving(self.health, [grpc_api.SERVICE_NAME], True)

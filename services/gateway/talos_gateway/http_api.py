@@ -354,7 +354,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready: billing and moderation answer and this replica accepts jobs. ``?scope=replica``
+    asks only the last (the probe that takes a draining replica out of its Services, without
+    taking every replica out at once when billing or moderation is down)."""
     ready, body = await request.app[READINESS_KEY]()
+    if request.query.get("scope") == "replica":
+        ready = bool(body["accepting"])
     return _json(body, status=200 if ready else 503)
 
 

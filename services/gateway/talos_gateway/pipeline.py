@@ -34,6 +34,7 @@ from talos_gateway.job import (
     StartedEvent,
 )
 from talos_gateway.relay.contract import Finished, Progress, Queued, RelayPort, RenderSpec, Started
+from talos_gateway.relay.timing import job_deadline
 
 log = logging.getLogger("talos_gateway.jobs")
 
@@ -67,7 +68,7 @@ class Pipeline:
         assert spec is not None
         try:
             try:
-                async with asyncio.timeout(self._deadline(spec)):
+                async with asyncio.timeout(job_deadline(self.settings, spec.width, spec.height, spec.steps)):
                     data = await self._render(job, image, spec)
                     if not job.nsfw:
                         await self._classify_final(data)
@@ -94,14 +95,6 @@ class Pipeline:
         except Exception:
             log.exception("image failed unexpectedly", extra={"job_id": job.id, "image": image.index})
             await self._fail(job, image, TalosError("internal", "internal error; nothing was charged"))
-
-    def _deadline(self, spec: RenderSpec) -> float:
-        s = self.settings
-        megapixels = spec.width * spec.height / 1_000_000
-        per_try = (
-            s.job_timeout_base_seconds + s.job_timeout_per_step_megapixel_seconds * spec.steps * megapixels
-        )
-        return s.queue_timeout_seconds + s.max_attempts * per_try + 4 * s.downstream_timeout_seconds
 
     # -- render --
     async def _render(self, job: Job, image: Image, spec: RenderSpec) -> bytes:

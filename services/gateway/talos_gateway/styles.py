@@ -122,4 +122,8 @@ def render_spec(generation: Generation, seed: int) -> RenderSpec:
         guidance=generation.guidance,
         seed=seed,
         output_format=generation.output_format,
+        # OpenAI's output_compression is the encoder's quality; 0 on the wire means the default.
+        output_quality=max(1, generation.output_compression)
+        if generation.output_compression is not None
+        else 0,
     )

@@ -32,6 +32,8 @@ class RenderRequest:
     seed: int
     output_format: str = "png"
     preview_every: int = 0
+    # webp and jpeg encoder quality, 1 to 100; 0: the default (DEFAULT_QUALITY).
+    output_quality: int = 0
 
     @property
     def size(self) -> tuple[int, int]:

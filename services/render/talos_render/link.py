@@ -365,6 +365,7 @@ class RelayLink:
             seed=job.seed,
             output_format=job.output_format.lower() or "png",
             preview_every=job.preview_every,
+            output_quality=min(100, job.output_quality),
         )
         active = ActiveJob(job_id=job.job_id, stream=stream, slot=stream.outbound.job(job.job_id))
         self._active[job.job_id] = active

@@ -115,7 +115,7 @@ class Welcome(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., heartbeat_seconds: _Optional[int] = ...) -> None: ...
 
 class RenderJob(_message.Message):
-    __slots__ = ("job_id", "prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "output_format", "preview_every")
+    __slots__ = ("job_id", "prompt", "negative_prompt", "width", "height", "steps", "guidance", "seed", "output_format", "preview_every", "output_quality")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class RenderJob(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_QUALITY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     prompt: str
     negative_prompt: str
@@ -136,7 +137,8 @@ class RenderJob(_message.Message):
     seed: int
     output_format: str
     preview_every: int
-    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., output_format: _Optional[str] = ..., preview_every: _Optional[int] = ...) -> None: ...
+    output_quality: int
+    def __init__(self, job_id: _Optional[str] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., output_format: _Optional[str] = ..., preview_every: _Optional[int] = ..., output_quality: _Optional[int] = ...) -> None: ...
 
 class CancelJob(_message.Message):
     __slots__ = ("job_id",)

@@ -26,6 +26,7 @@ class RenderSpec:
     guidance: float
     seed: int
     output_format: str  # png, webp or jpeg
+    output_quality: int = 0  # webp and jpeg encoder quality, 1 to 100; 0: the node's default
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from talos.relay.v1 import relay_pb2, relay_pb2_grpc
+from talos_common import tls
 from talos_common.errors import TalosError
-from talos_common.server import bind, build_server
-from talos_gateway.config import Settings
-from talos_gateway.relay.core import Close, NodeConn, Relay
+from talos_common.server import build_server
+from talos_common.settings import env_name
+from talos_gateway.config import PREFIX, Settings
+from talos_gateway.relay.core import Relay
+from talos_gateway.relay.nodes import Close, NodeConn
 
 log = logging.getLogger("talos_gateway.relay")
 
@@ -76,6 +79,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         if first.WhichOneof("msg") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Hello")
         try:
+            await relay.recall(node_id)
             conn = relay.attach(node_id, first.hello, peer=context.peer())
         except TalosError as exc:
             code = (
@@ -132,6 +136,12 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
 async def start_relay_server(relay: Relay, settings: Settings) -> tuple[grpc.aio.Server, int]:
     """Builds, binds (settings.host:settings.relay_port) and starts the relay's gRPC server.
 
+    The node link leaves the operator's hands: with ``relay_tls_cert_file`` and
+    ``relay_tls_key_file`` it serves TLS, reloading the files when they are renewed.
+
+    With ``settings.redis_url`` the relay then joins its network first (Redis, the peer server
+    on ``settings.peer_port``, the registry), so the network's nodes are known once this returns.
+
     Health, reflection, the error interceptor, a 32 MiB message cap and the keepalive options
     the render node uses all come from :func:`talos_common.server.build_server`.
     """
@@ -141,7 +151,18 @@ async def start_relay_server(relay: Relay, settings: Settings) -> tuple[grpc.aio
         [SERVICE_NAME],
         max_message_bytes=settings.relay_max_message_bytes,
     )
-    port = bind(server, settings.host, settings.relay_port)
+    port = tls.bind(
+        server,
+        settings.host,
+        settings.relay_port,
+        env_name(PREFIX, "relay_port"),
+        settings.relay_tls_cert_file,
+        settings.relay_tls_key_file,
+    )
     await server.start()
-    relay.start()
+    try:
+        await relay.open()
+    except BaseException:
+        await server.stop(None)
+        raise
     return server, port
