@@ -19,7 +19,7 @@ from PIL import Image
 
 from talos.moderation.v1 import moderation_pb2, moderation_pb2_grpc
 from talos_common import errors
-from talos_common.procs import ServiceProcess, python_module
+from talos_dev.procs import ServiceProcess, python_module
 from talos_moderation.config import Settings
 from talos_moderation.service import ImageResult
 

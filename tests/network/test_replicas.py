@@ -11,10 +11,8 @@ once, charged or refunded) and the books still balance.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 from talos_billing.config import Settings as BillingSettings
 from talos_billing.store import Store
 from talos_gateway.job import hold_id
+from tests.api.support import read_sse
 
 from .conftest import HOLD_TTL_SECONDS, SWEEP_SECONDS, Cluster
 
@@ -46,23 +45,6 @@ class Followed:
 
     def at(self, name: str) -> float | None:
         return next((t for t, n in self.events if n == name), None)
-
-
-async def read_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    name, data, buffer = "message", [], b""
-    async for chunk in resp.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            raw, buffer = buffer.split(b"\n", 1)
-            line = raw.decode().rstrip("\r")
-            if not line:
-                if data:
-                    yield name, json.loads("\n".join(data))
-                name, data = "message", []
-            elif line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
 
 
 class Client:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
+
+from talos_render.engine import Engine
 
 MAX_LEVELS = 2
 MIN_PSNR_DB = 70.0
@@ -31,3 +35,17 @@ def assert_same_picture(batched: np.ndarray, alone: np.ndarray) -> None:
 
 def decoded(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@contextmanager
+def unet_batches(engine: Engine) -> Iterator[list[int]]:
+    """The batch size of every UNet forward pass (observed with a hook, not replaced)."""
+    seen: list[int] = []
+    handle = engine.model.pipe.unet.register_forward_pre_hook(
+        lambda _module, args, kwargs: seen.append(int((args[0] if args else kwargs["sample"]).shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -16,7 +16,7 @@ from talos_render.engine import Cancelled, Engine, RenderRequest
 from talos_render.jobs import Rendered
 from talos_render.loading import LoadedModel
 
-from .pictures import assert_same_picture
+from .pictures import assert_same_picture, unet_batches
 
 # Long enough that the batch window never ends before every job of a test is ready.
 WINDOW_MS = 60_000.0
@@ -81,20 +81,6 @@ def batched_engine(loaded: LoadedModel, max_batch: int) -> Iterator[Engine]:
         engine.close()
 
 
-@contextmanager
-def unet_rows(engine: Engine) -> Iterator[list[int]]:
-    """Rows of every UNet pass (observed with a hook, not replaced)."""
-    seen: list[int] = []
-    handle = engine.model.pipe.unet.register_forward_pre_hook(
-        lambda _module, args, kwargs: seen.append(int((args[0] if args else kwargs["sample"]).shape[0])),
-        with_kwargs=True,
-    )
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
 def alone(engine: Engine, req: RenderRequest) -> np.ndarray:
     pixels, _ = engine.render_pixels(req, lambda *_: None, threading.Event())
     return pixels
@@ -106,7 +92,7 @@ def test_jobs_share_passes_and_each_seed_keeps_its_picture(
 ) -> None:
     requests = [request(100 + i) for i in range(count)]
     references = [alone(engine, r) for r in requests]
-    with batched_engine(loaded, count) as batched, unet_rows(batched) as rows:
+    with batched_engine(loaded, count) as batched, unet_batches(batched) as rows:
         jobs = [submit(batched, r) for r in requests]
         results = [job.future.result(timeout=120) for job in jobs]
     assert rows == [2 * count] * 6  # every step of every job in one pass
@@ -127,7 +113,7 @@ def test_different_steps_and_guidance_batch_together(engine: Engine, loaded: Loa
         request(9, steps=5, guidance=9.0),
     ]
     references = [alone(engine, r) for r in requests]
-    with batched_engine(loaded, 3) as batched, unet_rows(batched) as rows:
+    with batched_engine(loaded, 3) as batched, unet_batches(batched) as rows:
         jobs = [submit(batched, r) for r in requests]
         results = [job.future.result(timeout=120) for job in jobs]
     # 2 + 1 + 2 rows while all run; the 4-step job leaves, then the 5-step one.
@@ -147,7 +133,7 @@ def test_cancelling_one_of_four_leaves_three_correct_pictures(engine: Engine, lo
         if step == 3:
             tracked.cancel.set()
 
-    with batched_engine(loaded, 4) as batched, unet_rows(batched) as rows:
+    with batched_engine(loaded, 4) as batched, unet_batches(batched) as rows:
         jobs = [submit(batched, r, cancel_at_three if i == 2 else None) for i, r in enumerate(requests)]
         with pytest.raises(Cancelled):
             jobs[2].future.result(timeout=120)
@@ -163,7 +149,7 @@ def test_a_job_joins_a_running_batch_between_steps(engine: Engine, loaded: Loade
     first_request, second_request = request(31, steps=30, preview_every=0), request(32, steps=4)
     references = [alone(engine, first_request), alone(engine, second_request)]
     third_step = threading.Event()
-    with batched_engine(loaded, 2) as batched, unet_rows(batched) as rows:
+    with batched_engine(loaded, 2) as batched, unet_batches(batched) as rows:
         # One job alone: the window ends early only when the batch is full, so shorten it.
         batched.worker.window = 0.0
         first = submit(batched, first_request, lambda _t, step: third_step.set() if step == 3 else None)
@@ -181,7 +167,7 @@ def test_a_job_joins_a_running_batch_between_steps(engine: Engine, loaded: Loade
 
 def test_jobs_beyond_the_batch_wait_for_a_free_place(engine: Engine, loaded: LoadedModel) -> None:
     requests = [request(40 + i, steps=3, guidance=1.0) for i in range(3)]
-    with batched_engine(loaded, 2) as batched, unet_rows(batched) as rows:
+    with batched_engine(loaded, 2) as batched, unet_batches(batched) as rows:
         batched.worker.window = 0.0  # the third job would wait a whole window once alone
         jobs = [submit(batched, r) for r in requests]
         for job in jobs:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ from talos_render import tinymodel
 from talos_render.engine import Cancelled, Engine, RenderRequest, encode
 from talos_render.loading import LoadedModel
 from talos_render.outbound import Outbound
+
+from .pictures import unet_batches
 
 
 def request(**changes: object) -> RenderRequest:
@@ -39,20 +39,6 @@ def request(**changes: object) -> RenderRequest:
 
 def silent(_step: int, _total: int, _preview: bytes) -> None:
     pass
-
-
-@contextmanager
-def unet_batches(engine: Engine) -> Iterator[list[int]]:
-    """The batch size of every UNet forward pass (observed with a hook, not replaced)."""
-    seen: list[int] = []
-    handle = engine.model.pipe.unet.register_forward_pre_hook(
-        lambda _module, args, kwargs: seen.append(int((args[0] if args else kwargs["sample"]).shape[0])),
-        with_kwargs=True,
-    )
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def test_tokenizers_carry_the_real_clip_vocabulary(loaded: LoadedModel) -> None:

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Two vocabularies, each written independently of the rules (and the second of the first).
 VOCABULARY = HERE / "vocabulary"
+VOCABULARY2 = HERE / "vocabulary2"
 BENIGN = HERE / "benign.jsonl"
 SEED = 20261204
 # Languages written without spaces between words.
@@ -58,10 +60,8 @@ class Case:
     kind: str
 
 
-def vocabularies() -> dict[str, dict[str, object]]:
-    return {
-        path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(VOCABULARY.glob("*.json"))
-    }
+def vocabularies(folder: Path = VOCABULARY) -> dict[str, dict[str, object]]:
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))}
 
 
 def _join(lang: str, *parts: str) -> str:
@@ -171,10 +171,10 @@ def _pairs(lang: str, vocab: dict[str, object], rng: random.Random) -> Iterator[
             yield minor, rng.choice(sexual), kinds[key]
 
 
-def violating() -> list[Case]:
-    """Every composed violating prompt, the same on every run."""
+def violating(folder: Path = VOCABULARY) -> list[Case]:
+    """Every composed violating prompt of one vocabulary, the same on every run."""
     rng = random.Random(SEED)
-    vocabs = vocabularies()
+    vocabs = vocabularies(folder)
     cases: list[Case] = []
     languages = sorted(vocabs)
     for lang in languages:
@@ -222,18 +222,21 @@ def violating() -> list[Case]:
     return cases
 
 
-def benign() -> list[Case]:
-    """benign.jsonl, then each language's innocent vocabulary lines."""
-    cases = [
-        Case(row["lang"], row["text"], row.get("negative", ""), row["kind"])
-        for row in map(json.loads, BENIGN.read_text(encoding="utf-8").splitlines())
-        if row
-    ]
-    for lang, vocab in vocabularies().items():
+def benign(folder: Path = VOCABULARY) -> list[Case]:
+    """Each language's innocent vocabulary lines (and, with the first vocabulary, benign.jsonl)."""
+    cases = []
+    if folder == VOCABULARY:
+        cases = [
+            Case(row["lang"], row["text"], row.get("negative", ""), row["kind"])
+            for row in map(json.loads, BENIGN.read_text(encoding="utf-8").splitlines())
+            if row
+        ]
+    for lang, vocab in vocabularies(folder).items():
         for key, kind in (
             ("benign_minor_contexts", "minor_context"),
             ("benign_adult_nudity", "adult_nudity"),
             ("idioms", "idiom"),
+            ("benign_near_misses", "idiom"),
         ):
             cases += [Case(lang, text, "", kind) for text in vocab.get(key, [])]  # type: ignore[attr-defined]
     return cases
