@@ -10,7 +10,7 @@ gateway style preset when the gateway package is importable, plus the violating 
 (tests/moderation/dev_cases.jsonl), checked with the real packaged rules.
 
 Per language it prints recall and false-block rate over the held-out evaluation set
-(tests/moderation/eval/{violating,benign}.jsonl, when present) and over the development cases,
+(composed in memory by tests/moderation/eval/compose.py, when present) and over the development cases,
 and the prompt-check p50/p99 (CPU time on the pinned core, word caches warm, each text worked out
 afresh) over that language's prompts.
 """
@@ -134,10 +134,16 @@ def bench_prompts(n: int, *, memo: bool) -> dict[str, float]:
 
 
 def eval_cases() -> tuple[list[Case], list[Case]]:
-    """(held-out cases, or [] when the set is not there yet; development cases)."""
+    """(held-out cases, composed in memory from eval/, or [] when the set is not there;
+    development cases)."""
     held_out: list[Case] = []
-    if (EVAL / "violating.jsonl").is_file() and (EVAL / "benign.jsonl").is_file():
-        held_out = [*load_cases(EVAL / "violating.jsonl", True), *load_cases(EVAL / "benign.jsonl", False)]
+    if (EVAL / "compose.py").is_file() and (EVAL / "benign.jsonl").is_file():
+        from tests.moderation.eval import compose
+
+        held_out = [
+            *(Case(c.lang, c.text, c.negative, c.kind, True) for c in compose.violating()),
+            *(Case(c.lang, c.text, c.negative, c.kind, False) for c in compose.benign()),
+        ]
     return held_out, load_cases(DEV)
 
 
@@ -170,7 +176,7 @@ def print_languages(n: int) -> None:
     policy = PromptPolicy.load(None)
     sets = [("held-out evaluation set", held_out), ("development cases", dev)]
     if not held_out:
-        print(f"held-out evaluation set: not present ({EVAL.relative_to(REPO)}/{{violating,benign}}.jsonl)")
+        print(f"held-out evaluation set: not present ({EVAL.relative_to(REPO)}/compose.py, benign.jsonl)")
     for title, cases in sets:
         if cases:
             print(f"{title} (rules {policy.version}):")

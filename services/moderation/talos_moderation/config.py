@@ -14,8 +14,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50062
     log_level: str = "info"
-    # The prompt rule file; empty means the one shipped in the package
-    # (talos_moderation/policy/rules.json). Missing or unparseable: every prompt is blocked.
+    # The prompt rules: a folder holding manifest.json, a manifest, or a single rule file; empty
+    # means the folder shipped in the package (talos_moderation/policy/rules/). Missing,
+    # unparseable or of the wrong shape: every prompt is blocked.
     rules_path: Path | None = None
     # Prompts longer than this are blocked unread (the gateway caps prompts far below it).
     max_prompt_chars: int = 20_000

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # Two vocabularies, each written independently of the rules (and the second of the first).
@@ -29,6 +30,19 @@ SEED = 20261204
 # Languages written without spaces between words.
 UNSPACED = frozenset({"zh", "ja", "th"})
 MINOR_KEYS = ("minor_nouns", "age_phrases", "grade_phrases", "paraphrases")
+# Composed cases set aside after review, each with why: the words do not make a violation by
+# the policy's own terms (so they would measure the composer, not the rules).
+NOT_MINOR_TERMS: dict[str, str] = {
+    # Plain "girl"/"boy": used for young adults too, so not a minor term alone (docs/moderation.md).
+    "女の子": "Japanese for girl, said of young women too",
+    "男の子": "Japanese for boy, said of young men too",
+}
+SET_ASIDE_CASES: dict[str, str] = {
+    # Reads as English "topless in a barn" as well as Swedish "child topless".
+    "barn topless": "an English phrase as much as a Swedish one",
+    # "naga" is Polish for naked, and dragon or serpent in Indonesian, Malay, Hindi and Thai.
+    "gamine naga": "naga is a dragon in four other languages",
+}
 # Abbreviations and code words used to trade abuse material; language-independent.
 CODE_WORDS = (
     "pthc",
@@ -60,8 +74,14 @@ class Case:
     kind: str
 
 
-def vocabularies(folder: Path = VOCABULARY) -> dict[str, dict[str, object]]:
-    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))}
+def vocabularies(folder: Path = VOCABULARY) -> dict[str, dict[str, Any]]:
+    """Each language's lists, without the entries set aside as not what their list says."""
+    vocabs: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+        vocab["minor_nouns"] = [term for term in vocab["minor_nouns"] if term not in NOT_MINOR_TERMS]
+        vocabs[path.stem] = vocab
+    return vocabs
 
 
 def _join(lang: str, *parts: str) -> str:
@@ -155,9 +175,9 @@ def _is_latin(text: str) -> bool:
     )
 
 
-def _pairs(lang: str, vocab: dict[str, object], rng: random.Random) -> Iterator[tuple[str, str, str]]:
+def _pairs(lang: str, vocab: dict[str, Any], rng: random.Random) -> Iterator[tuple[str, str, str]]:
     """(minor reference, sexual reference, kind) drawn from each category of minor reference."""
-    sexual = list(vocab["nudity_sexual"])  # type: ignore[call-overload]
+    sexual = list(vocab["nudity_sexual"])
     counts = {"minor_nouns": 8, "age_phrases": 6, "grade_phrases": 4, "paraphrases": 4}
     kinds = {
         "minor_nouns": "plain",
@@ -166,7 +186,7 @@ def _pairs(lang: str, vocab: dict[str, object], rng: random.Random) -> Iterator[
         "paraphrases": "paraphrase",
     }
     for key in MINOR_KEYS:
-        minors = list(vocab[key])  # type: ignore[call-overload]
+        minors = list(vocab[key])
         for minor in rng.sample(minors, min(counts[key], len(minors))):
             yield minor, rng.choice(sexual), kinds[key]
 
@@ -202,10 +222,10 @@ def violating(folder: Path = VOCABULARY) -> list[Case]:
                 "",
                 "emoji",
             )
-        )  # type: ignore[call-overload]
+        )
         cases.append(
             Case(lang, _join(lang, minor, rng.choice(list(vocab["nudity_sexual"])), "🔞"), "", "emoji")
-        )  # type: ignore[call-overload]
+        )
         romanized = vocab.get("romanized")
         if isinstance(romanized, dict):
             for key in MINOR_KEYS:
@@ -214,12 +234,12 @@ def violating(folder: Path = VOCABULARY) -> list[Case]:
                     cases.append(Case(lang, f"{minor} {sexual}", "", "romanized"))
         other = vocabs[rng.choice([code for code in languages if code != lang])]
         for _ in range(2):
-            minor = rng.choice(list(vocab["minor_nouns"]))  # type: ignore[call-overload]
-            sexual = rng.choice(list(other["nudity_sexual"]))  # type: ignore[call-overload]
+            minor = rng.choice(list(vocab["minor_nouns"]))
+            sexual = rng.choice(list(other["nudity_sexual"]))
             cases.append(Case(lang, f"{minor} {sexual}", "", "mixed_language"))
     for word in CODE_WORDS:
         cases.append(Case("en", rng.choice(CODE_CONTEXTS).format(word), "", "code_word"))
-    return cases
+    return [case for case in cases if case.text not in SET_ASIDE_CASES]
 
 
 def benign(folder: Path = VOCABULARY) -> list[Case]:
@@ -238,5 +258,5 @@ def benign(folder: Path = VOCABULARY) -> list[Case]:
             ("idioms", "idiom"),
             ("benign_near_misses", "idiom"),
         ):
-            cases += [Case(lang, text, "", kind) for text in vocab.get(key, [])]  # type: ignore[attr-defined]
+            cases += [Case(lang, text, "", kind) for text in vocab.get(key, [])]
     return cases

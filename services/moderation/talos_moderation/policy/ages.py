@@ -25,6 +25,8 @@ from talos_moderation.policy.indexes import unspaced
 from talos_moderation.policy.normalize import normalize, plain, tokens
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_WORD = re.compile(r"[^\W\d_]{3,}")
+_DIGITS = re.compile(r"(?<![\d.,])\d{1,3}(?![\d.,]\d)")
 
 
 class AgeRulesError(ValueError):
@@ -82,6 +84,8 @@ class _Pattern:
     min_without_unit: int
     # Words that, right before the number, make it a duration (``since 15 years``, ``hace 15 años``).
     not_after: frozenset[str]
+    # Phrases that end in such a word without being one (Malay ``pakaian dalam``, underwear).
+    not_after_exceptions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -98,11 +102,6 @@ class _Language:
     # no age in this language.
     number_starts: tuple[str, ...] = ()
     unspaced_numbers: tuple[str, ...] = ()
-
-    def has_number(self, text: str, words: set[str], digits: bool) -> bool:
-        if digits or any(n in text for n in self.unspaced_numbers):
-            return True
-        return bool(self.number_starts) and any(w.startswith(self.number_starts) for w in words)
 
     def value(self, number: str) -> int | None:
         if number.isdigit():
@@ -141,9 +140,11 @@ class _Language:
                     continue
                 if value < pattern.min_without_unit and not match.groupdict().get("unit"):
                     continue
+                before = text[: match.start("n")].rstrip()
                 if (
                     pattern.not_after
-                    and text[: match.start("n")].rstrip().rsplit(" ", 1)[-1] in pattern.not_after
+                    and before.rsplit(" ", 1)[-1] in pattern.not_after
+                    and not before.endswith(pattern.not_after_exceptions)
                 ):
                     continue
                 if not self.part_of_bigger(text, match.start("n"), number):
@@ -175,6 +176,12 @@ class AgeGrammar:
     languages: list[_Language] = field(default_factory=list)
     # Whole-word anchors -> the languages whose patterns they call for.
     word_anchors: dict[str, set[str]] = field(default_factory=dict)
+    # Anchors looked for anywhere -> the languages they call for.
+    text_anchors: dict[str, set[str]] = field(default_factory=dict)
+    # Number words -> their languages, and one expression finding them (built on first use).
+    _number_words: dict[str, set[str]] = field(default_factory=dict)
+    _unspaced_number_words: dict[str, set[str]] = field(default_factory=dict)
+    _number_finder: re.Pattern[str] | None = None
 
     def add(self, name: str, data: Any) -> None:
         if not isinstance(data, dict):
@@ -218,22 +225,86 @@ class AgeGrammar:
             if "n" not in regex.groupindex:
                 raise AgeRulesError(f"{name}: age pattern without {{n}} or {{o}}")
             not_after = item.get("not_after", [])
-            if not isinstance(not_after, list) or not all(isinstance(w, str) for w in not_after):
-                raise AgeRulesError(f"{name}: 'not_after' must be a list of words")
+            exceptions = item.get("not_after_exceptions", [])
+            for key, value in (("not_after", not_after), ("not_after_exceptions", exceptions)):
+                if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                    raise AgeRulesError(f"{name}: '{key}' must be a list of words")
             language.patterns.append(
-                _Pattern(regex, max_value, floor, frozenset(_norm(w) for w in not_after))
+                _Pattern(
+                    regex,
+                    max_value,
+                    floor,
+                    frozenset(_norm(w) for w in not_after),
+                    tuple(_norm(phrase) for phrase in exceptions),
+                )
             )
         if language.patterns:
             self.languages.append(language)
+            for anchor in language.anchors:
+                self.text_anchors.setdefault(anchor, set()).add(name)
+            self._number_finder = None
 
     def states_minor(self, text: str) -> bool:
         """True when ``text`` (normalised words joined by spaces) states an age under the limit."""
+        return bool(self.minor_languages(text, first=True))
+
+    def minor_languages(self, text: str, *, first: bool = False) -> set[str]:
+        """The languages in whose grammar ``text`` states an age under the limit (with ``first``,
+        only the first one found)."""
         words = set(text.split())
         called = {lang for word in words for lang in self.word_anchors.get(word, ())}
-        digits = any(c.isdigit() for c in text)
-        return any(
-            lang.states_minor(text)
-            for lang in self.languages
-            if (lang.name in called or any(a in text for a in lang.anchors))
-            and lang.has_number(text, words, digits)
-        )
+        called |= self._text_anchor_languages(text)
+        numbered = self._number_languages(text)
+        # Only a number an age can be counts as one (35mm, 2048 and 1.8 state none).
+        digits = any(int(run) <= 2 * self.max_minor_age for run in _DIGITS.findall(text))
+        found: set[str] = set()
+        for lang in self.languages:
+            if lang.name in called and (digits or lang.name in numbered) and lang.states_minor(text):
+                found.add(lang.name)
+                if first:
+                    break
+        return found
+
+    def _number_languages(self, text: str) -> set[str]:
+        """Languages with a number word in ``text``: a word beginning with one (found in one pass
+        over the word starts), or one of a script without spaces anywhere. A cheap first cut
+        before each language's own check."""
+        if self._number_finder is None:
+            spaced: dict[str, set[str]] = {}
+            unspaced_words: dict[str, set[str]] = {}
+            for lang in self.languages:
+                for word in lang.number_starts:
+                    spaced.setdefault(word, set()).add(lang.name)
+                for word in lang.unspaced_numbers:
+                    unspaced_words.setdefault(word, set()).add(lang.name)
+            self._number_words = spaced
+            self._unspaced_number_words = unspaced_words
+            self._number_finder = (
+                re.compile(f"(?<!\\S)({_trie(sorted(spaced))})") if spaced else re.compile("(?!)")
+            )
+        out: set[str] = set()
+        for found in self._number_finder.findall(text):
+            out |= self._number_words[found]
+        for word, langs in self._unspaced_number_words.items():
+            if word in text:
+                out |= langs
+        return out
+
+    def _text_anchor_languages(self, text: str) -> set[str]:
+        """Languages with an anchor anywhere in ``text``: each distinct anchor looked for once."""
+        out: set[str] = set()
+        for anchor, langs in self.text_anchors.items():
+            if anchor in text:
+                out |= langs
+        return out
+
+    def vocabulary(self) -> set[str]:
+        """The words of every language's age grammar (number words, ordinals, anchors and the
+        words spelled out in its patterns), for readings of words with a hidden letter."""
+        words: set[str] = set(self.word_anchors) | set(self.text_anchors)
+        for language in self.languages:
+            words.update(w for key in language.values for w in key.split())
+            for pattern in language.patterns:
+                source = re.sub(r"\\[a-zA-Z]|\(\?P?<\w+>|\{\d*,?\d*\}", " ", pattern.regex.pattern)
+                words.update(_WORD.findall(source))
+        return {w for w in words if len(w) >= 3}

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talos_moderation.policy.normalize import collapse3, leet_text, masked_words, normalize, plain, tokens
-from talos_moderation.policy.rules import Rules, RulesError
+from talos_moderation.policy.respacing import lookalike_views, respaced
+from talos_moderation.policy.rules import EVIDENCE, Rules, RulesError
 
 MINOR_SEXUAL = "minor_sexual"
 POLICY_UNAVAILABLE = "policy_unavailable"
@@ -25,6 +26,8 @@ PROMPT_TOO_LONG = "prompt_too_long"
 NONE = "none"
 UNAVAILABLE_VERSION = "unavailable"
 MEMO_LIMIT = 16_384
+# Words either side of a masked word read again with its fillings: phrases and ages are short.
+MASK_CONTEXT = 4
 
 
 @dataclass(frozen=True)
@@ -123,27 +126,71 @@ def _distinct(first: str, second: str) -> list[str]:
     return texts
 
 
-def _lists(rules: Rules, normalised: str, wanted: frozenset[str]) -> tuple[set[str], list[str], list[str]]:
-    """The lists present in one normalised text, its words, and their plain forms."""
+def _lists(
+    rules: Rules, text: str, wanted: frozenset[str]
+) -> tuple[set[str], list[list[str]], list[list[str]]]:
+    """The lists found in one text, before weak terms are resolved (see :meth:`Rules.resolve`);
+    its word divisions (the words as written, then any with letter-spaced runs joined) and
+    their plain forms."""
+    normalised = normalize(text)
     words = tokens(normalised)
     found, infos = rules.matcher.scan(words, wanted)
     masked = masked_words(normalised)
-    if masked:
-        found |= rules.matcher.find_masked(masked, wanted)
-    return rules.resolve(found), words, [i.plain for i in infos]
+    divisions, plains = [words], [[i.plain for i in infos]]
+    for word in masked:
+        whole = rules.matcher.find_masked([word], wanted)
+        found |= whole
+        if any("~" not in name and "&" not in name for name in whole):
+            continue  # the word stands for a whole term already
+        # A hidden letter in a phrase's word, a stem or an age: the words around it read again
+        # with each word it may be.
+        written = word if word in normalised else word.replace("*", "@")
+        at = normalised.find(written)
+        if at < 0:
+            continue
+        before = tokens(normalised[:at])[-MASK_CONTEXT:]
+        after = tokens(normalised[at + len(written) :])[:MASK_CONTEXT]
+        for filling in rules.masks.fillings(word):
+            variant = [*before, *tokens(filling), *after]
+            variant_found, variant_infos = rules.matcher.scan(variant, wanted)
+            found |= variant_found
+            divisions.append(variant)
+            plains.append([i.plain for i in variant_infos])
+    for variant in respaced(words, normalised):
+        variant_found, variant_infos = rules.matcher.scan(variant, wanted)
+        found |= variant_found
+        divisions.append(variant)
+        plains.append([i.plain for i in variant_infos])
+    found = rules.matcher.complete(found)
+    if any("~" in name for name in found):  # a weak term: does the text show its language?
+        found |= rules.shown(text)
+    return found, divisions, plains
 
 
 def positive_contexts(rules: Rules, text: str) -> Contexts:
-    found, words, plains = _lists(rules, normalize(text), rules.positive_lists)
+    raw, divisions, plains = _lists(rules, text, rules.positive_lists)
+    found = rules.resolve(raw)
     minor = "minor" in found or any(e in text for e in rules.minor_emoji)
     sexual = "sexual" in found or any(e in text for e in rules.sexual_emoji)
     if not minor:
-        minor = _states_minor_age(rules, words, plains)
+        # Which language's grammar stated the age matters only to a pending weak sexual term.
+        every = not sexual and any(name.startswith("sexual~") for name in raw)
+        languages: set[str] = set()
+        for words, plain_words in zip(divisions, plains, strict=True):
+            languages |= _minor_age_languages(rules, words, plain_words, first=not every)
+            if languages and not every:
+                break
+        minor = bool(languages)
+        if len(languages) == 1 and every:
+            # An age in one language's own grammar shows that language, for its weak terms
+            # (``U12``, read alike by many, shows none).
+            found = rules.resolve(raw | {f"{EVIDENCE}~{lang}" for lang in languages})
+            sexual = "sexual" in found
     return Contexts(minor=minor, sexual=sexual, standalone="standalone" in found)
 
 
 def negative_contexts(rules: Rules, text: str) -> Contexts:
-    found, _, _ = _lists(rules, normalize(text), rules.negative_lists)
+    found = rules.resolve(_lists(rules, text, rules.negative_lists)[0])
     return Contexts(minor="negative_adulthood" in found, sexual="negative_clothing" in found)
 
 
@@ -153,24 +200,35 @@ _TRIPLE = re.compile(r"([^\W\d_])\1\1")
 _DIGIT_LETTER = re.compile(r"(?<=\d)(?=[^\W\d_])|(?<=[^\W\d_])(?=\d)")
 
 
-def _states_minor_age(rules: Rules, words: list[str], plains: list[str]) -> bool:
+def _minor_age_languages(rules: Rules, words: list[str], plains: list[str], *, first: bool) -> set[str]:
+    """The languages in whose grammar the words state a minor's age (none: no such age; with
+    ``first``, at most one)."""
     # 15yo and 15años are read as 15 yo and 15 años, so whole-word anchors find their units.
     base = " ".join(plains)
     if any(c.isdigit() for c in base):
         base = _DIGIT_LETTER.sub(" ", base)
     views = [base]
-    if any(_has_leet(w) for w in words):
+    if any(_LEET_INSIDE.search(w) for w in words):
         views.append(leet_text(words))
+        views.append(_DIGIT_LETTER.sub(" ", leet_text(words, keep_numbers=True)))
     if _TRIPLE.search(base):
         views.append(collapse3(base, 2))
         views.append(collapse3(base, 1))
     if _single_run(words):
         views.append(_spaced_joined(words))
-    return any(rules.ages.states_minor(v) for v in views)
+    if not base.isascii():
+        views += lookalike_views(plains)
+    languages: set[str] = set()
+    for view in dict.fromkeys(views):
+        languages |= rules.ages.minor_languages(view, first=first)
+        if languages and first:
+            break
+    return languages
 
 
-def _has_leet(word: str) -> bool:
-    return not word.isalpha() and not word.isdigit()
+# Leetspeak in a word: a digit after a letter (t33n, 14enn3), digits before three letters or
+# more (4nak, 74hun), or a symbol. A number with a short unit (35mm, 8k, 3d) reads well as it is.
+_LEET_INSIDE = re.compile(r"[^\W\d_][0-9]|^[0-9]+[^\W\d_]{3}|[@$!|+€£]")
 
 
 def _single_run(words: list[str]) -> bool:

@@ -11,6 +11,7 @@ that begins with a prefix term. A term word answers to the keys its spelling ask
                with that language's prefixes and suffixes
 ``stem+``      the stem followed by one of the language's suffixes
 ``stem*``      any word that begins with the stem
+``word=``      the word exactly: no affixes, no repeats collapsed, not inside others
 =============  ===============================================================
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from talos_moderation.policy.indexes import AffixIndex, MaskIndex, SubstringIndex, unspaced
 from talos_moderation.policy.normalize import collapse, forms, mask_readings, normalize, plain, tokens
+from talos_moderation.policy.translit import TranslitIndex
 
 # Neighbouring words of at most this many letters are also read joined up ("c h i l d").
 SHORT_WORD = 3
@@ -31,10 +33,11 @@ Phrase = tuple[frozenset[str], ...]  # for each word, the keys it answers to
 
 
 def entry_words(entry: str) -> list[tuple[str, str]]:
-    """(word, marker) of a rule entry, normalised like prompts; marker is ``""``, ``+`` or ``*``."""
+    """(word, marker) of a rule entry, normalised like prompts; marker is ``""``, ``+``, ``*`` or
+    ``=`` (the word exactly, without the language's affixes: Romanian ``gol=`` is not ``gola``)."""
     out: list[tuple[str, str]] = []
     for piece in entry.split():
-        marker = piece[-1] if piece[-1] in "+*" and len(piece) > 1 else ""
+        marker = piece[-1] if piece[-1] in "+*=" and len(piece) > 1 else ""
         words = [plain(t) for t in tokens(normalize(piece[:-1] if marker else piece))]
         words = [w for w in words if w]
         out.extend((w, "") for w in words[:-1])
@@ -56,6 +59,8 @@ class WordInfo:
     singles: frozenset[str]
     # (list, phrase) of terms of two words or more that may start here.
     starts: tuple[tuple[str, Phrase], ...]
+    # The same, by each key their second word answers to: the next word picks the few to try.
+    starts_next: dict[str, tuple[tuple[str, Phrase], ...]]
     # (list, phrase) of exception phrases that may start here.
     exception_starts: tuple[tuple[str, Phrase], ...]
     # Whether a term may start here at all (most words: no).
@@ -89,7 +94,10 @@ class Matcher:
     _unspaced: SubstringIndex = field(default_factory=SubstringIndex)
     _unspaced_exceptions: SubstringIndex = field(default_factory=SubstringIndex)
     _affixes: AffixIndex = field(default_factory=AffixIndex)
+    _translit: TranslitIndex = field(default_factory=TranslitIndex)
     _masks: MaskIndex = field(default_factory=MaskIndex)
+    # The words of terms of two words or more, for a hidden letter inside a phrase (ropa i*terior).
+    _phrase_masks: MaskIndex = field(default_factory=MaskIndex)
     # Stems of ``stem*`` terms, probed by length.
     _prefix_lengths: list[int] = field(default_factory=list)
     _prefix_stems: set[str] = field(default_factory=set)
@@ -99,6 +107,12 @@ class Matcher:
     # Every beginning of a term written together (and of its collapsed form).
     _prefixes: set[str] = field(default_factory=set)
     _cache: dict[str, WordInfo] = field(default_factory=dict)
+    # Terms whose words may stand anywhere in the text: (list, the names of its words' hits).
+    _groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    # Lists never read from words joined together (evidence of a language: "a n" is no "an").
+    unjoined: frozenset[str] = frozenset()
+    # The lists with exception phrases: only their hits are checked against them.
+    _excepted_lists: set[str] = field(default_factory=set)
     # The cached words at which a term (an exception phrase) may start.
     _active_words: set[str] = field(default_factory=set)
     _exception_words: set[str] = field(default_factory=set)
@@ -108,20 +122,31 @@ class Matcher:
         """Declares a language whose terms take these prefixes and suffixes."""
         self._affixes.add_language(lang, prefixes, suffixes)
 
-    def _word_keys(self, word: str, marker: str, lang: str) -> frozenset[str]:
+    def add_romanization(self, lang: str) -> None:
+        """Declares a language whose terms are also found transliterated (see :mod:`translit`);
+        its suffixes must be declared first."""
+        self._translit.add_language(lang, self._affixes.endings.get(lang, []))
+
+    def _word_keys(self, word: str, marker: str, lang: str, *, in_phrase: bool = False) -> frozenset[str]:
+        keys: set[str] = set()
+        if self._translit.has(lang):
+            keys = self._translit.word_keys(word, marker, lang, in_phrase=in_phrase)
         if marker == "+":
             if not self._affixes.has(lang):
                 raise ValueError(f"'{word}+' needs a language with suffixes")
             self._affixes.vocab[lang].add(word)
-            return frozenset({f"{lang}:{word}+"})
-        if marker == "*":
+            keys.add(f"{lang}:{word}+")
+        elif marker == "*":
             self._prefix_stems.add(word)
             self._prefix_lengths = sorted({*self._prefix_lengths, len(word)})
-            return frozenset({word + "*"})
-        keys = {word, "~" + collapse(word)}
-        if self._affixes.has(lang):
-            self._affixes.vocab[lang].add(word)
-            keys.add(f"{lang}:{word}")
+            keys.add(word + "*")
+        elif marker == "=":
+            keys.add(word)
+        else:
+            keys.update((word, "~" + collapse(word)))
+            if self._affixes.has(lang):
+                self._affixes.vocab[lang].add(word)
+                keys.add(f"{lang}:{word}")
         return frozenset(keys)
 
     def add(self, name: str, entries: Iterable[str], exceptions: Iterable[str] = (), lang: str = "") -> None:
@@ -131,7 +156,7 @@ class Matcher:
             if not words:
                 continue
             count += 1
-            phrase = tuple(self._word_keys(w, m, lang) for w, m in words)
+            phrase = tuple(self._word_keys(w, m, lang, in_phrase=len(words) > 1) for w, m in words)
             joined = "".join(w for w, _ in words)
             if len(words) == 1:
                 for key in phrase[0]:
@@ -142,6 +167,10 @@ class Matcher:
                     self._masks.add(joined + ending)
             else:
                 self._add_phrase(name, phrase)
+                for word, marker in words:
+                    endings = self._affixes.endings.get(lang, []) if marker == "+" else [""]
+                    for ending in endings if marker != "*" else ():
+                        self._phrase_masks.add(word + ending)
             if any(m for _, m in words):
                 continue
             if unspaced(joined):
@@ -163,7 +192,53 @@ class Matcher:
             if unspaced(joined):
                 self._unspaced_exceptions.add(joined, name)
             self._add_phrase("!" + name, tuple(self._word_keys(w, m, lang) for w, m in words))
+            self._excepted_lists.add(name)
         self._clear_cache()
+
+    def add_together(self, name: str, entries: Iterable[str], lang: str = "") -> None:
+        """Terms of two words or more that count when every word is in the text, in any order and
+        at any distance (``believes ... Santa``): word order is free in many languages, and a
+        paraphrase rarely keeps the words side by side. Each word is a one-word term of its own
+        (with the language's affixes, ``stem+`` and ``stem*``) under the name ``list&group.word``;
+        a word written ``a|b|c`` is any of them (``cree|creen ratoncito|reyes``)."""
+        for entry in entries:
+            pieces = entry.split()
+            if len(pieces) < 2:
+                raise ValueError(f"'{entry}': a together term needs two words or more")
+            group = f"{name}&{len(self._groups)}"
+            parts = tuple(f"{group}.{k}" for k in range(len(pieces)))
+            for part, piece in zip(parts, pieces, strict=True):
+                for alternative in piece.split("|"):
+                    words = entry_words(alternative)
+                    if len(words) != 1:
+                        raise ValueError(f"'{entry}': each word of a together term is one word")
+                    word, marker = words[0]
+                    if not marker:
+                        self._phrase_masks.add(word)
+                    for key in self._word_keys(word, marker, lang):
+                        self._single.setdefault(key, set()).add(part)
+                    if not marker and unspaced(word):
+                        self._unspaced.add(word, part)
+            self._groups.append((name, parts))
+            self.sizes[name] = self.sizes.get(name, 0) + 1
+        self._clear_cache()
+
+    @property
+    def together_parts(self) -> frozenset[str]:
+        """The names under which the words of together terms are found."""
+        return frozenset(part for _, parts in self._groups for part in parts)
+
+    def complete(self, found: set[str]) -> set[str]:
+        """``found`` with the list of every together term whose words were all found, and without
+        the names of those words."""
+        if not any("&" in name for name in found):
+            return found
+        out = {name for name in found if "&" not in name}
+        parts = found - out
+        for name, group in self._groups:
+            if group[0] in parts and parts.issuperset(group):
+                out.add(name)
+        return out
 
     def _add_phrase(self, name: str, phrase: Phrase) -> None:
         for key in phrase[0]:
@@ -194,6 +269,8 @@ class Matcher:
         keys.update("~" + c for c in collapsed)
         for form in exact:
             keys.update(self._affixes.keys(form))
+            if form.isascii():
+                keys.update(self._translit.keys(form))
             for size in self._prefix_lengths:
                 if size > len(form):
                     break
@@ -242,6 +319,7 @@ class Matcher:
             keys=frozenset(keys),
             singles=frozenset(singles),
             starts=terms,
+            starts_next=_by_second_word(terms),
             exception_starts=tuple((name[1:], phrase) for name, phrase in unique if name[0] == "!"),
             active=bool(singles or terms),
             may_join=not simple or word in self._prefixes,
@@ -272,28 +350,39 @@ class Matcher:
             for name in info.singles:
                 if name in wanted:
                     hits.append((name, i, i + 1))
-            for name, phrase in info.starts:
-                if name in wanted and _phrase_at(infos, i, phrase):
-                    hits.append((name, i, i + len(phrase)))
+            if info.starts_next and i + 1 < len(infos):
+                candidates = [c for key in infos[i + 1].keys for c in info.starts_next.get(key, ())]
+                for name, phrase in dict.fromkeys(candidates):
+                    if name in wanted and _phrase_at(infos, i, phrase):
+                        hits.append((name, i, i + len(phrase)))
+        joined_terms = self._joined
+        for joined, simple, start, end in _joins(infos, self._longest):
+            names = set(joined_terms.get(joined, ()))
+            if not simple:
+                exact, collapsed = forms(joined)
+                for key in exact:
+                    names.update(joined_terms.get(key, ()))
+                for key in collapsed:
+                    names.update(self._joined_collapsed.get(key, ()))
+            hits.extend(
+                (name, start, end)
+                for name in names
+                if name in wanted and base_list(name) not in self.unjoined
+            )
         found: set[str] = set()
-        if hits:
-            covered = self._covered(infos, {base_list(name) for name, _, _ in hits})
-            for name, start, end in hits:
+        checked: list[tuple[str, int, int]] = []
+        for hit in hits:
+            if base_list(hit[0]) in self._excepted_lists:
+                checked.append(hit)
+            else:
+                found.add(hit[0])
+        if checked:
+            # Exception phrases cover joined readings too: Romanian "nu e" is not French "nue".
+            covered = self._covered(infos, {base_list(name) for name, _, _ in checked})
+            for name, start, end in checked:
                 cover = covered.get(base_list(name))
                 if cover is None or not any(k in cover for k in range(start, end)):
                     found.add(name)
-        joined_terms = self._joined
-        for joined, simple in _joins(infos, self._longest):
-            names = joined_terms.get(joined)
-            if names:
-                found.update(n for n in names if n in wanted)
-            if simple:
-                continue
-            exact, collapsed = forms(joined)
-            for key in exact:
-                found.update(n for n in joined_terms.get(key, ()) if n in wanted)
-            for key in collapsed:
-                found.update(n for n in self._joined_collapsed.get(key, ()) if n in wanted)
         return found, infos
 
     def find_masked(self, words: Iterable[str], wanted: Collection[str]) -> set[str]:
@@ -307,6 +396,22 @@ class Matcher:
                 found.update(n for n in self.info(pattern.replace("?", "")).singles if n in wanted)
         return found
 
+    def mask_words(self) -> tuple[set[str], set[str]]:
+        """(every word of the terms, with each ending of a stem; the stems of ``stem*`` terms),
+        for readings of words with a hidden letter (see :mod:`masks`)."""
+        words = {
+            w
+            for index in (self._masks, self._phrase_masks)
+            for group in index.by_length.values()
+            for w in group
+        }
+        return words, set(self._prefix_stems)
+
+    def affix_bases(self) -> set[str]:
+        """The words and stems of the languages with endings: a masked word may be one of them
+        with an ending (``enfa#ts``)."""
+        return {w for words in self._affixes.vocab.values() for w in words}
+
     def _covered(self, infos: Sequence[WordInfo], names: set[str]) -> dict[str, set[int]]:
         """Positions inside exception phrases, for the lists that had a hit."""
         covered: dict[str, set[int]] = {}
@@ -319,6 +424,14 @@ class Matcher:
         return covered
 
 
+def _by_second_word(terms: tuple[tuple[str, Phrase], ...]) -> dict[str, tuple[tuple[str, Phrase], ...]]:
+    index: dict[str, list[tuple[str, Phrase]]] = {}
+    for term in terms:
+        for key in term[1][1]:
+            index.setdefault(key, []).append(term)
+    return {key: tuple(items) for key, items in index.items()}
+
+
 def _phrase_at(infos: Sequence[WordInfo], i: int, phrase: Phrase) -> bool:
     """Whether the phrase's words follow from position i (its first word is known to match)."""
     if i + len(phrase) > len(infos):
@@ -329,10 +442,11 @@ def _phrase_at(infos: Sequence[WordInfo], i: int, phrase: Phrase) -> bool:
     return phrase[0].isdisjoint(infos[i].keys) is False
 
 
-def _joins(infos: Sequence[WordInfo], longest: int) -> Iterator[tuple[str, bool]]:
+def _joins(infos: Sequence[WordInfo], longest: int) -> Iterator[tuple[str, bool, int, int]]:
     """Neighbouring words read together: every pair, and every window of a run of short words.
 
-    Yields (joined, simple): simple when the joined word needs no leetspeak or repeat reading.
+    Yields (joined, simple, start, end): simple when the joined word needs no leetspeak or
+    repeat reading; start and end are the positions of the words joined.
     Words that cannot begin any term written together are skipped without joining.
     """
     n = len(infos)
@@ -350,12 +464,12 @@ def _joins(infos: Sequence[WordInfo], longest: int) -> Iterator[tuple[str, bool]
         if a.may_join and i + 1 < n:
             b = infos[i + 1]
             if len(a.word) + len(b.word) <= limit:
-                yield a.word + b.word, a.simple and b.simple and a.word[-1] != b.word[0]
+                yield a.word + b.word, a.simple and b.simple and a.word[-1] != b.word[0], i, i + 2
     if run_start >= 0 and n - run_start >= 3:
         yield from _windows(infos, run_start, n)
 
 
-def _windows(infos: Sequence[WordInfo], i: int, j: int) -> Iterator[tuple[str, bool]]:
+def _windows(infos: Sequence[WordInfo], i: int, j: int) -> Iterator[tuple[str, bool, int, int]]:
     """Windows of three or more words of the short-word run infos[i:j] (pairs come separately)."""
     for start in range(i, j - 2):
         if not infos[start].may_join:
@@ -365,4 +479,4 @@ def _windows(infos: Sequence[WordInfo], i: int, j: int) -> Iterator[tuple[str, b
             length += len(infos[end - 1].word)
             if length > LONGEST_JOIN:
                 break
-            yield "".join(info.word for info in infos[start:end]), False
+            yield "".join(info.word for info in infos[start:end]), False, start, end

@@ -93,6 +93,11 @@ _LORA = re.compile(r"<\s*(?:lora|lyco|hypernet|embedding)\s*:")
 # Possessive 's (kid's -> kid) and other apostrophes (don't -> dont).
 _POSSESSIVE = re.compile(r"['’ʼ`´]s\b")
 _APOSTROPHE = re.compile(r"['’ʼ`´]")
+# French and Italian elision (l'école, d'Ève, qu'elle, dell'asilo, un'alunna): the article is a
+# word of its own, so the noun after it reads as it does everywhere else.
+_ELISION = re.compile(
+    r"\b([a-z]|qu|jusqu|lorsqu|puisqu|quoiqu|dell|dall|nell|sull|all|coll|quell|quest|un|tutt)['’ʼ`´](?=[^\W\d_])"
+)
 
 # The symbols leetspeak uses stay inside words; every other non-word character splits.
 LEET_SYMBOLS = "@$!|+€£"
@@ -119,6 +124,7 @@ MASKS = "*_#?%^~"
 _PIECE = rf"(?:[^\W_]|[{_MARKS}@$!|+€£])+"
 _MASKED = re.compile(rf"{_PIECE}(?:[*_#?%^~]+{_PIECE})+")
 _SYMBOLS = re.compile(r"[@$!|+€£]")
+_AT_INSIDE = re.compile(rf"{_PIECE}@{_PIECE}")
 
 
 def normalize(text: str) -> str:
@@ -136,6 +142,7 @@ def normalize(text: str) -> str:
         text = _WEIGHT.sub("", text)
     if "'" in text or not text.isascii() or "`" in text:
         text = _POSSESSIVE.sub("", text)
+        text = _ELISION.sub(r"\1 ", text)
         text = _APOSTROPHE.sub("", text)
     return text
 
@@ -148,10 +155,14 @@ def tokens(text: str) -> list[str]:
 
 
 def masked_words(text: str) -> list[str]:
-    """Words of normalised text with masking characters inside them (``n*ked``), masks kept."""
-    if not any(m in text for m in MASKS):
-        return []
-    return _MASKED.findall(text)
+    """Words of normalised text with masking characters inside them (``n*ked``), masks kept.
+
+    ``@`` inside a word is leetspeak for ``a`` and also a common mask (``se@si``): such a word is
+    also given with it as a mask."""
+    out = _MASKED.findall(text) if any(m in text for m in MASKS) else []
+    if "@" in text:
+        out += [w.replace("@", "*") for w in _AT_INSIDE.findall(text)]
+    return out
 
 
 def plain(token: str) -> str:
@@ -239,14 +250,20 @@ _MASK_ONE = re.compile(r"[*_#?%^~]")
 _MASK_RUN = re.compile(r"[*_#?%^~]+")
 
 
-def leet_text(words: list[str]) -> str:
-    """The words joined by spaces, with mixed letter/digit words decoded (reading A)."""
+_LEADING_NUMBER = re.compile(r"^\d+")
+
+
+def leet_text(words: list[str], *, keep_numbers: bool = False) -> str:
+    """The words joined by spaces, with mixed letter/digit words decoded (reading A); with
+    ``keep_numbers``, a number that begins the word stays one (``14enn3`` -> ``14enne``)."""
     out = []
     for w in words:
         if w.isalpha() or w.isdigit():
             out.append(w)
         elif _HAS_LETTER.search(w) and _HAS_LEET.search(w):
-            out.append(w.translate(_LEET_A))
+            number = _LEADING_NUMBER.match(w) if keep_numbers else None
+            head = number.group() if number else ""
+            out.append(head + w[len(head) :].translate(_LEET_A))
         else:
             out.append(plain(w))
     return " ".join(out)

@@ -132,19 +132,22 @@ def readings(word: str) -> tuple[str, ...]:
     """
     if word.isascii():
         return ()
-    foreign = [c for c in word if c in LATIN_OF]
-    if not foreign:
-        return ()
     has_latin = any(c.isascii() and c.isalpha() for c in word)
+    # Scripts that a Latin look-alike may have been typed into (дeцa: Cyrillic with Latin e, a).
+    scripts = {script(c) for c in word if not c.isascii() and c.isalpha()} & REVERSE.keys()
+    foreign = [c for c in word if c in LATIN_OF]
+    if not foreign and not (has_latin and scripts):
+        return ()
     out: list[str] = []
     wholly_lookalike = all(c in LATIN_OF or not c.isalpha() for c in word) and any(
         c not in _ALPHABETS for c in foreign
     )
-    if has_latin or wholly_lookalike:
+    if foreign and (has_latin or wholly_lookalike):
         out.append("".join(LATIN_OF.get(c, c) for c in word))
+        # Letters of Latin alphabets (Danish ø) stay as they are: undеrtøj with a Cyrillic е.
+        out.append("".join(c if script(c) == "LATIN" else LATIN_OF.get(c, c) for c in word))
     if has_latin:
-        scripts = {script(c) for c in foreign}
-        for name in scripts & REVERSE.keys():
+        for name in scripts:
             table = REVERSE[name]
             out.append("".join(table.get(c, c) if c.isascii() else c for c in word))
     return tuple(dict.fromkeys(r for r in out if r != word))
