@@ -279,3 +279,40 @@ async def test_jobs_waiting_when_redis_loses_its_data_still_run(
     await running.aclose()  # the node frees
     rest = await collect(waiting)
     assert isinstance(rest[-1], Finished) and rest[-1].node_id == "only"
+
+
+async def test_no_prompt_or_image_ever_reaches_redis(make_relay: MakeRelay) -> None:
+    """Everything the replicas send Redis while a job crosses between them, read back with MONITOR."""
+    from redis.asyncio import Redis
+
+    from .conftest import REDIS_URL
+
+    tokens = TokenTable()
+    bare, host = await replicas(make_relay, 2, tokens)
+    await host.node("far", step_delay=0.01)
+    await sees_nodes(bare, 1)
+    canary = "canary-prompt-7f3d2c1b9e"
+    watcher = Redis.from_url(REDIS_URL)
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    async def watch() -> None:
+        async with watcher.monitor() as monitor:
+            started.set()
+            async for command in monitor.listen():
+                seen.append(str(command.get("command", "")))
+
+    watching = asyncio.create_task(watch())
+    await started.wait()
+    job_spec = spec(prompt=canary, negative_prompt=canary + "-negative", steps=3)
+    events = await collect(bare.relay.run("job-canary", "acct", job_spec))
+    final = events[-1]
+    assert isinstance(final, Finished)
+    await asyncio.sleep(0.5)  # the replicas' heartbeats and claims after the job, too
+    watching.cancel()
+    await asyncio.gather(watching, return_exceptions=True)
+    await watcher.aclose()
+    traffic = "\n".join(seen)
+    assert "job-canary" in traffic, "MONITOR saw none of the job's own traffic"
+    assert canary not in traffic
+    assert "IHDR" not in traffic  # every PNG carries this chunk name near its start
