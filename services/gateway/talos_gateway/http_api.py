@@ -60,6 +60,7 @@ SECURITY_HEADERS = {
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 REGISTRY_KEY = web.AppKey("registry", JobRegistry)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 READINESS_KEY: web.AppKey[Readiness] = web.AppKey("readiness")
@@ -111,7 +112,7 @@ async def guard(
 ) -> web.StreamResponse:
     """Request id, body cap, error shape, metrics: one place for every route."""
     incoming = request.headers.get("X-Request-Id", "")
-    request["request_id"] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     started = time.perf_counter()
     route = _route_name(request)
     response: web.StreamResponse
@@ -129,7 +130,7 @@ async def guard(
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request["request_id"], "route": route})
+        log.exception("unhandled error", extra={"request_id": request[REQUEST_ID_KEY], "route": route})
         response = error_response(TalosError("internal", "internal error"))
     finally:
         metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
@@ -138,7 +139,7 @@ async def guard(
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["X-Request-Id"] = request.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-Id"] = request.get(REQUEST_ID_KEY) or uuid.uuid4().hex
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
 
