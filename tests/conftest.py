@@ -21,14 +21,20 @@ def mesh_moderation_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    """Billing, moderation, the gateway and one render node (built-in test model)."""
+def process_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """Billing, moderation, the gateway and one render node (built-in test model) as processes."""
     local = LocalMesh(tmp_path_factory.mktemp("mesh"), moderation_env=mesh_moderation_env())
     try:
         local.start(nodes=1)
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def mesh(process_mesh: LocalMesh) -> LocalMesh:
+    """The mesh a test area talks to; the API contract tests swap in the in-process one."""
+    return process_mesh
 
 
 @pytest.fixture

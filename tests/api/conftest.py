@@ -1,15 +1,32 @@
-"""Fixtures of the API tests. The mesh itself (real billing, moderation, gateway, render node as
-processes on free ports) is the session-wide ``mesh`` fixture from tests/conftest.py."""
+"""Fixtures of the API tests.
+
+``mesh`` is the in-process one here (tests/gateway/inprocess.py: billing, moderation and the
+gateway as real servers in this process, a test peer as the render node), so a failure points
+at the gateway's own modules; the tests about processes, logs and the real render node ask for
+``process_mesh`` (tests/conftest.py) instead.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from talos_dev.mesh import Account, LocalMesh
+from tests.conftest import TEST_RULES
+from tests.gateway.inprocess import InProcessMesh
 
 from .support import Api
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    local = InProcessMesh(tmp_path_factory.mktemp("inprocess"), TEST_RULES)
+    try:
+        local.start(nodes=1)
+        yield local
+    finally:
+        local.stop()
 
 
 @pytest.fixture

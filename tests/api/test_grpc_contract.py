@@ -1,4 +1,4 @@
-"""Issue 6 over gRPC (talos.api.v1.ImageService), against the real mesh."""
+"""The public gRPC API (talos.api.v1.ImageService), against the in-process mesh."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6 over HTTP, against the real mesh: every field bound, every error code, the job model."""
+"""The public HTTP API against the in-process mesh: every field bound, every error code, the job model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ FAST = {"steps": 2}
 # -- the walking skeleton: one image, charged exactly once ---------------------------------
 
 
-async def test_generation_returns_a_png_and_charges_exactly_18(api: Api, key: str, mesh: LocalMesh) -> None:
+async def test_generation_returns_a_png_and_charges_exactly_18(process_mesh: LocalMesh) -> None:
+    """Through the processes, whose logs must not hold the prompt."""
+    mesh = process_mesh
+    api = Api(mesh.http_url)
+    key = mesh.create_account(1000).api_key
+    try:
+        await _generation_returns_a_png_and_charges_exactly_18(api, key, mesh)
+    finally:
+        await api.close()
+
+
+async def _generation_returns_a_png_and_charges_exactly_18(api: Api, key: str, mesh: LocalMesh) -> None:
     before = await api.balance(key)
     marker = "privacy-marker-" + uuid.uuid4().hex
     reply = await api.generate(

@@ -1,4 +1,8 @@
-"""The `openai` package, pointed at the gateway with base_url, generates an image unchanged."""
+"""The `openai` package, pointed at the gateway with base_url, generates images unchanged.
+
+Against the multi-process mesh with the real render node: the pictures here are real renders,
+so the encoder quality and the previews the stream sends are the node's own.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ import pytest
 from PIL import Image
 
 from talos_dev.mesh import Account, LocalMesh
+
+
+@pytest.fixture(scope="module")
+def mesh(process_mesh: LocalMesh) -> LocalMesh:
+    return process_mesh
 
 
 def test_openai_images_generate(mesh: LocalMesh, account: Account) -> None:

@@ -125,15 +125,15 @@ async def start_stack(
         ModerationSettings(port=0, rules_path=rules, nsfw_threshold=nsfw_threshold), classifier
     )
     await moderation.start()
-    settings = GatewaySettings(
-        http_port=0,
-        grpc_port=0,
-        relay_port=0,
-        billing_addr=billing.address,
-        moderation_addr=moderation.addresses["grpc"],
-        relay_preview_every=1,
-        **gateway,
-    )
+    defaults: dict[str, Any] = {
+        "http_port": 0,
+        "grpc_port": 0,
+        "relay_port": 0,
+        "billing_addr": billing.address,
+        "moderation_addr": moderation.addresses["grpc"],
+        "relay_preview_every": 1,
+    }
+    settings = GatewaySettings(**{**defaults, **gateway})
     server = await create_server(settings)
     await server.start()
     return Stack(billing, moderation, server)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from talos_moderation.policy import MINOR_SEXUAL, NONE, POLICY_UNAVAILABLE, PROMPT_TOO_LONG, PromptPolicy
+from talos_moderation.policy.matcher import alternatives
 from talos_moderation.policy.rules import LISTS, load_documents
 
 from .conftest import TEST_RULES
@@ -155,7 +156,9 @@ class PackagedTerms:
             for list_name in LISTS:
                 for key in (f"{list_name}_terms", f"{list_name}_weak_terms"):
                     for entry in doc.get(key, []):
-                        self.by_list.setdefault(list_name, []).append((realise(entry, suffixes), lang))
+                        self.by_list.setdefault(list_name, []).extend(
+                            (realise(phrase, suffixes), lang) for phrase in alternatives(entry)
+                        )
             if doc.get("sexual_terms"):
                 self.strong_sexual.setdefault(lang, realise(doc["sexual_terms"][0], suffixes))
             if doc.get("minor_terms"):
