@@ -9,6 +9,7 @@ JobAccepted or JobRejected at once, then JobProgress per step and exactly one Jo
 JobFailed; CancelJob stops the job within one step (JobFailed "cancelled"). A stream that
 breaks is re-dialled with capped exponential back-off and jitter, so the node outlives its
 relay restarting. Jobs of a broken stream are cancelled: the relay re-queues them elsewhere.
+The jobs themselves (which to take, running them, cancels) are :mod:`talos_render.node_jobs`.
 """
 
 from __future__ import annotations
@@ -17,31 +18,28 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
 import random
 import socket
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import torch
 
 from talos.relay.v1 import relay_pb2, relay_pb2_grpc
 from talos_common import server as common_server
 from talos_common import tls
 from talos_common.logs import redact
 from talos_render import config
-from talos_render.config import Settings, parse_size
-from talos_render.engine import FORMATS, Cancelled, Engine, RenderRequest
+from talos_render.config import Settings
+from talos_render.engine import Engine
 from talos_render.metrics import Metrics
-from talos_render.outbound import JobSlot, Outbound
+from talos_render.node_jobs import NodeJobs
+from talos_render.outbound import Outbound
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 32 * common_server.MiB
-MAX_PROMPT_CHARS = 20_000
 DEFAULT_HEARTBEAT_SECONDS = 10
 
 
@@ -86,17 +84,6 @@ class Stream:
     welcomed: bool = False
 
 
-@dataclass(eq=False)
-class ActiveJob:
-    job_id: str
-    stream: Stream
-    slot: JobSlot
-    cancel: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: str = "cancelled"
-    started: bool = False
-    task: asyncio.Task[None] | None = None
-
-
 class RelayLink:
     """Keeps the node's streams to every relay address and runs the jobs they send."""
 
@@ -113,7 +100,6 @@ class RelayLink:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics or Metrics()
-        self.sizes = [parse_size(s) for s in settings.sizes]
         # Told to the relay as its number of slots for this node; the engine batches them.
         self.concurrency = config.concurrency(settings, engine.model.device.type)
         self.hello = relay_pb2.Hello(
@@ -124,13 +110,12 @@ class RelayLink:
             version=version,
             seconds_per_step=float(engine.seconds_per_step),
         )
-        self._active: dict[str, ActiveJob] = {}
+        self.jobs = NodeJobs(settings, engine, self.metrics, self.concurrency, self._notify)
         # The name each resolved address was found under: TLS verifies that name, not the address.
         self._server_names: dict[str, str] = {}
         self._streams: set[Stream] = set()
         self._connections: dict[str, asyncio.Task[None]] = {}
         self._retired: set[str] = set()
-        self._draining = False
         # Set once shutdown closes the streams: a stream that ends then is not redialled, but
         # nothing is cancelled until ``_stopping``, so the last messages reach the relay.
         self._closing = False
@@ -140,7 +125,7 @@ class RelayLink:
     # -- what tests and the node ask ----------------------------------------------------------
     @property
     def active_jobs(self) -> int:
-        return len(self._active)
+        return len(self.jobs.active)
 
     def connected(self) -> list[str]:
         return sorted(s.target for s in self._streams if s.welcomed)
@@ -236,7 +221,7 @@ class RelayLink:
 
     def _close_retired_idle_streams(self) -> None:
         for stream in list(self._streams):
-            if stream.target in self._retired and not any(j.stream is stream for j in self._active.values()):
+            if stream.target in self._retired and not self.jobs.holds(stream):
                 stream.outbound.close()
 
     # -- one stream per address ----------------------------------------------------------------
@@ -290,9 +275,9 @@ class RelayLink:
                     )
                     self._notify()
                 elif kind == "job":
-                    self._on_job(stream, message.job)
+                    self.jobs.on_job(stream, message.job)
                 elif kind == "cancel":
-                    self._on_cancel(stream, message.cancel.job_id)
+                    self.jobs.on_cancel(stream, message.cancel.job_id)
             log.info("relay ended the stream", extra={"relay": target})
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -312,8 +297,8 @@ class RelayLink:
                 self.metrics.relay_streams.dec()
             self._streams.discard(stream)
             stream.outbound.close()
-            for job in list(self._active.values()):
-                if job.stream is stream and not job.cancel.is_set():
+            for job in self.jobs.on(stream):
+                if not job.cancel.is_set():
                     # Nobody can receive this job's result now; the relay re-queues it.
                     job.cancel_reason = "stream_lost"
                     job.cancel.set()
@@ -324,145 +309,24 @@ class RelayLink:
     async def _heartbeat(self, stream: Stream, seconds: int) -> None:
         while True:
             await asyncio.sleep(max(1, seconds))
-            beat = relay_pb2.Heartbeat(active_jobs=len(self._active))
+            beat = relay_pb2.Heartbeat(active_jobs=len(self.jobs.active))
             stream.outbound.send(relay_pb2.NodeMessage(heartbeat=beat))
-
-    # -- jobs ----------------------------------------------------------------------------------
-    def refusal(self, job: relay_pb2.RenderJob) -> str | None:
-        """Why the node will not take ``job``: "unsupported" (never here) before "busy" (not now)."""
-        if not job.job_id:
-            return "unsupported"
-        if (job.width, job.height) not in self.sizes:
-            return "unsupported"
-        if not 1 <= job.steps <= self.settings.max_steps:
-            return "unsupported"
-        if not math.isfinite(job.guidance) or not 1.0 <= job.guidance <= 30.0:
-            return "unsupported"
-        if (job.output_format.lower() or "png") not in FORMATS:
-            return "unsupported"
-        if len(job.prompt) + len(job.negative_prompt) > MAX_PROMPT_CHARS:
-            return "unsupported"
-        if self._draining or job.job_id in self._active or len(self._active) >= self.concurrency:
-            return "busy"
-        return None
-
-    def _on_job(self, stream: Stream, job: relay_pb2.RenderJob) -> None:
-        reason = self.refusal(job)
-        if reason is not None:
-            stream.outbound.send(
-                relay_pb2.NodeMessage(rejected=relay_pb2.JobRejected(job_id=job.job_id, reason=reason))
-            )
-            self.metrics.jobs.labels(f"rejected_{reason}").inc()
-            log.info("job rejected", extra={"job_id": job.job_id, "reason": reason, "relay": stream.target})
-            return
-        request = RenderRequest(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            seed=job.seed,
-            output_format=job.output_format.lower() or "png",
-            preview_every=job.preview_every,
-            output_quality=min(100, job.output_quality),
-        )
-        active = ActiveJob(job_id=job.job_id, stream=stream, slot=stream.outbound.job(job.job_id))
-        self._active[job.job_id] = active
-        self.metrics.active_jobs.set(len(self._active))
-        self.metrics.queue.inc()
-        stream.outbound.send(relay_pb2.NodeMessage(accepted=relay_pb2.JobAccepted(job_id=job.job_id)))
-        log.info(
-            "job accepted",
-            extra={
-                "job_id": job.job_id,
-                "relay": stream.target,
-                "size": f"{job.width}x{job.height}",
-                "steps": job.steps,
-            },
-        )
-        active.task = asyncio.create_task(self._run_job(active, request))
-
-    def _on_cancel(self, stream: Stream, job_id: str) -> None:
-        active = self._active.get(job_id)
-        if active is None or active.stream is not stream:
-            log.info("cancel for a job not running here", extra={"job_id": job_id})
-            return
-        active.cancel_reason = "cancelled"
-        active.cancel.set()
-        log.info("job cancel requested", extra={"job_id": job_id})
-
-    async def _run_job(self, active: ActiveJob, request: RenderRequest) -> None:
-        started = time.perf_counter()
-        outcome = "completed"
-        slot = active.slot
-        metrics = self.metrics
-
-        def on_progress(step: int, total: int, preview: bytes) -> None:
-            if not active.started:
-                active.started = True
-                metrics.queue.dec()
-            slot.offer_progress(step, total, preview)
-
-        try:
-            output = await self.engine.render(request, on_progress, active.cancel)
-            result = relay_pb2.JobResult(
-                job_id=active.job_id,
-                image=output.image,
-                output_format=output.output_format,
-                width=output.width,
-                height=output.height,
-                render_seconds=output.render_seconds,
-            )
-            slot.finish(relay_pb2.NodeMessage(result=result))
-            if output.render_seconds > 0:
-                metrics.steps_per_second.set(request.steps / output.render_seconds)
-        except Cancelled:
-            outcome = active.cancel_reason
-        except torch.OutOfMemoryError:
-            outcome = "out_of_memory"
-            log.error("out of device memory", extra={"job_id": active.job_id})
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            outcome = "error"
-            log.exception("render failed", extra={"job_id": active.job_id})
-        finally:
-            if outcome != "completed":
-                failed = relay_pb2.JobFailed(job_id=active.job_id, reason=outcome)
-                slot.finish(relay_pb2.NodeMessage(failed=failed))
-            if not active.started:
-                metrics.queue.dec()
-            self._active.pop(active.job_id, None)
-            seconds = time.perf_counter() - started
-            metrics.jobs.labels(outcome).inc()
-            metrics.job_seconds.observe(seconds)
-            metrics.active_jobs.set(len(self._active))
-            log.info(
-                "job finished",
-                extra={
-                    "job_id": active.job_id,
-                    "outcome": outcome,
-                    "seconds": round(seconds, 3),
-                    "coalesced_progress": slot.coalesced,
-                },
-            )
-            self._notify()
 
     # -- shutdown ------------------------------------------------------------------------------
     async def shutdown(self, grace: float) -> None:
         """Stops taking jobs, lets the job in hand finish within ``grace`` seconds or hands it
         back (JobFailed "node_shutdown"), flushes every stream and closes them."""
-        self._draining = True
+        jobs = self.jobs
+        jobs.draining = True
         deadline = time.monotonic() + grace
-        if self._active:
-            log.info("draining", extra={"active_jobs": len(self._active), "grace_seconds": grace})
-        while self._active and time.monotonic() < deadline:
+        if jobs.active:
+            log.info("draining", extra={"active_jobs": len(jobs.active), "grace_seconds": grace})
+        while jobs.active and time.monotonic() < deadline:
             await self._wait_changed(deadline - time.monotonic())
-        for active in list(self._active.values()):
+        for active in list(jobs.active.values()):
             active.cancel_reason = "node_shutdown"
             active.cancel.set()
-        tasks = [a.task for a in self._active.values() if a.task is not None]
+        tasks = [a.task for a in jobs.active.values() if a.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=30)
         # Let the terminal messages reach the relays before the streams close.
