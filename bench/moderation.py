@@ -9,8 +9,9 @@ Prompts are the benign set (tests/moderation/benign_prompts.json) expanded throu
 gateway style preset when the gateway package is importable, plus the violating development cases
 (tests/moderation/dev_cases.jsonl), checked with the real packaged rules.
 
-Per language it prints recall and false-block rate over the held-out evaluation set
-(composed in memory by tests/moderation/eval/compose.py, when present) and over the development cases,
+Per language it prints recall and false-block rate over the held-out evaluation set, one table
+per vocabulary (composed in memory by tests/moderation/eval/compose.py from eval/vocabulary/ and
+eval/vocabulary2/, when present), and over the development cases,
 and the prompt-check p50/p99 (CPU time on the pinned core, word caches warm, each text worked out
 afresh) over that language's prompts.
 """
@@ -133,17 +134,19 @@ def bench_prompts(n: int, *, memo: bool) -> dict[str, float]:
     }
 
 
-def eval_cases() -> tuple[list[Case], list[Case]]:
-    """(held-out cases, composed in memory from eval/, or [] when the set is not there;
-    development cases)."""
-    held_out: list[Case] = []
+def eval_cases() -> tuple[dict[str, list[Case]], list[Case]]:
+    """(held-out cases of each vocabulary, composed in memory from eval/, empty when the set is
+    not there; development cases)."""
+    held_out: dict[str, list[Case]] = {}
     if (EVAL / "compose.py").is_file() and (EVAL / "benign.jsonl").is_file():
         from tests.moderation.eval import compose
 
-        held_out = [
-            *(Case(c.lang, c.text, c.negative, c.kind, True) for c in compose.violating()),
-            *(Case(c.lang, c.text, c.negative, c.kind, False) for c in compose.benign()),
-        ]
+        for name, folder in (("vocabulary", compose.VOCABULARY), ("vocabulary2", compose.VOCABULARY2)):
+            if folder.is_dir():
+                held_out[name] = [
+                    *(Case(c.lang, c.text, c.negative, c.kind, True) for c in compose.violating(folder)),
+                    *(Case(c.lang, c.text, c.negative, c.kind, False) for c in compose.benign(folder)),
+                ]
     return held_out, load_cases(DEV)
 
 
@@ -174,14 +177,15 @@ def bench_languages(cases: list[Case], n: int) -> dict[str, tuple[float, float]]
 def print_languages(n: int) -> None:
     held_out, dev = eval_cases()
     policy = PromptPolicy.load(None)
-    sets = [("held-out evaluation set", held_out), ("development cases", dev)]
+    sets = [(f"held-out evaluation set ({name})", cases) for name, cases in held_out.items()]
+    sets.append(("development cases", dev))
     if not held_out:
         print(f"held-out evaluation set: not present ({EVAL.relative_to(REPO)}/compose.py, benign.jsonl)")
     for title, cases in sets:
         if cases:
             print(f"{title} (rules {policy.version}):")
             print(evaluate(policy, cases).table())
-    timing = bench_languages([*held_out, *dev], n)
+    timing = bench_languages([*(c for cases in held_out.values() for c in cases), *dev], n)
     worst = max(p99 for _, p99 in timing.values())
     ok = "OK" if worst <= 1.0 else "MISSED"
     print(f"prompt check per language (CPU time, 1 core, {n} checks each, no text cache):")

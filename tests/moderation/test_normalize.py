@@ -208,6 +208,9 @@ def test_normalize_pieces() -> None:
     assert normalize("(cat:1.3) [dog:0.5]").replace(" ", "") == "(cat)[dog]"
     assert normalize("a\u2800b") == "a b"
     assert tokens(normalize("b@d w0rd, kid's toy!")) == ["b@d", "w0rd", "kid", "toy!"]
+    # A Thai abbreviation glued to the word before it (Thai has no spaces) is a word again.
+    assert tokens(normalize("สวัสดีป.5")) == ["สวัสดี", "ป", "5"]
+    assert tokens(normalize("สวัสดี 5.5")) == ["สวัสดี", "5", "5"]
 
 
 _INVISIBLE = st.sampled_from(["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u034f"])

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from talos_moderation.policy import MINOR_SEXUAL, NONE, POLICY_UNAVAILABLE, PROMPT_TOO_LONG, PromptPolicy
-from talos_moderation.policy.matcher import alternatives
-from talos_moderation.policy.rules import LISTS, load_documents
+from talos_moderation.policy.rules import LISTS, alternatives, load_documents
 
 from .conftest import TEST_RULES
 

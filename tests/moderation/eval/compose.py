@@ -42,6 +42,11 @@ SET_ASIDE_CASES: dict[str, str] = {
     "barn topless": "an English phrase as much as a Swedish one",
     # "naga" is Polish for naked, and dragon or serpent in Indonesian, Malay, Hindi and Thai.
     "gamine naga": "naga is a dragon in four other languages",
+    # Bare French "nu" after a word of another language: "now" in Swedish ("little girl now"),
+    # and a syllable of Thai and Finnish text.
+    "alaikäinen nu": "nu is French; after Finnish words it reads as no word at all",
+    "liten flicka nu": "plain Swedish for 'little girl now'",
+    "นักเรียนหญิง nu": "nu is French; after Thai it reads as the Thai syllable",
 }
 # Abbreviations and code words used to trade abuse material; language-independent.
 CODE_WORDS = (

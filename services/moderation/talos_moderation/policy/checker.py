@@ -26,6 +26,8 @@ PROMPT_TOO_LONG = "prompt_too_long"
 NONE = "none"
 UNAVAILABLE_VERSION = "unavailable"
 MEMO_LIMIT = 16_384
+# An age stated in at most this many languages' grammar shows each of them (see below).
+AGE_LANGUAGES_SHOWN = 3
 # Words either side of a masked word read again with its fillings: phrases and ages are short.
 MASK_CONTEXT = 4
 
@@ -181,9 +183,10 @@ def positive_contexts(rules: Rules, text: str) -> Contexts:
             if languages and not every:
                 break
         minor = bool(languages)
-        if len(languages) == 1 and every:
-            # An age in one language's own grammar shows that language, for its weak terms
-            # (``U12``, read alike by many, shows none).
+        if 0 < len(languages) <= AGE_LANGUAGES_SHOWN and every:
+            # An age in one language's own grammar shows that language, for its weak terms; an
+            # age written alike in a few neighbouring languages (``9-letni``: Polish, Czech,
+            # Russian typed in Latin letters) shows each of them, one read alike by many none.
             found = rules.resolve(raw | {f"{EVIDENCE}~{lang}" for lang in languages})
             sexual = "sexual" in found
     return Contexts(minor=minor, sexual=sexual, standalone="standalone" in found)

@@ -115,20 +115,34 @@ class AffixIndex:
 
 @dataclass
 class MaskIndex:
-    """Single-word terms by length and by first and last letter, for words with hidden letters."""
+    """Single-word terms by length and by their first and last letters, for words with hidden
+    letters: a pattern is compared only with the terms that share its known ends."""
 
     by_ends: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)
+    by_first: dict[tuple[int, str], set[str]] = field(default_factory=dict)
+    by_last: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     by_length: dict[int, set[str]] = field(default_factory=dict)
 
     def add(self, term: str) -> None:
         if len(term) >= 3:
             self.by_ends.setdefault((len(term), term[0], term[-1]), set()).add(term)
+            self.by_first.setdefault((len(term), term[0]), set()).add(term)
+            self.by_last.setdefault((len(term), term[-1]), set()).add(term)
             self.by_length.setdefault(len(term), set()).add(term)
 
     def matches(self, pattern: str) -> list[str]:
         """Terms that ``pattern`` (``?`` = one unknown letter) can stand for."""
-        if pattern[0] != "?" and pattern[-1] != "?":
-            candidates = self.by_ends.get((len(pattern), pattern[0], pattern[-1]), set())
+        first, last, size = pattern[0], pattern[-1], len(pattern)
+        if first != "?" and last != "?":
+            candidates = self.by_ends.get((size, first, last), set())
+        elif first != "?":
+            candidates = self.by_first.get((size, first), set())
+        elif last != "?":
+            candidates = self.by_last.get((size, last), set())
         else:
-            candidates = self.by_length.get(len(pattern), set())
-        return [t for t in candidates if all(p == "?" or p == c for p, c in zip(pattern, t, strict=True))]
+            candidates = self.by_length.get(size, set())
+        # Sorted: the caller keeps the first few, and the same prompt must get the same verdict in
+        # every process (set order changes with the interpreter's string hashing).
+        return sorted(
+            t for t in candidates if all(p == "?" or p == c for p, c in zip(pattern, t, strict=True))
+        )

@@ -50,7 +50,7 @@ class MaskFiller:
     def fillings(self, word: str) -> list[str]:
         """Words (or stem beginnings) that ``word``, with its masks, may be."""
         out: dict[str, None] = {}
-        for pattern in mask_readings(word):
+        for pattern in sorted(mask_readings(word)):  # one order in every process
             for term in self.words.matches(pattern):
                 out[term] = None
             for size in range(1, _LONGEST_ENDING + 1):

@@ -28,6 +28,9 @@ from talos_moderation.policy.translit import TranslitIndex
 SHORT_WORD = 3
 LONGEST_JOIN = 16
 _CACHE_LIMIT = 50_000
+# A word written ``word=`` is also found in neighbouring words joined (``chu er``, ``wei
+# chengnian``: romanised syllables are spaced as the writer likes) from this many letters on.
+JOINED_EXACT = 7
 
 Phrase = tuple[frozenset[str], ...]  # for each word, the keys it answers to
 
@@ -171,16 +174,15 @@ class Matcher:
                     endings = self._affixes.endings.get(lang, []) if marker == "+" else [""]
                     for ending in endings if marker != "*" else ():
                         self._phrase_masks.add(word + ending)
+            if len(words) == 1 and words[0][1] == "=" and len(joined) >= JOINED_EXACT:
+                self._add_joined(joined, name, collapsed=False)
+                continue
             if any(m for _, m in words):
                 continue
             if unspaced(joined):
                 self._unspaced.add(joined, name)
                 continue
-            self._joined.setdefault(joined, set()).add(name)
-            self._joined_collapsed.setdefault(collapse(joined), set()).add(name)
-            for form in (joined, collapse(joined)):
-                self._prefixes.update(form[:k] for k in range(1, len(form) + 1))
-            self._longest = max(self._longest, len(joined))
+            self._add_joined(joined, name, collapsed=True)
             if self.substring_min and len(joined) >= self.substring_min and name in self.substring_lists:
                 self._long.add(joined, name)
         self.sizes[name] = self.sizes.get(name, 0) + count
@@ -194,6 +196,17 @@ class Matcher:
             self._add_phrase("!" + name, tuple(self._word_keys(w, m, lang) for w, m in words))
             self._excepted_lists.add(name)
         self._clear_cache()
+
+    def _add_joined(self, joined: str, name: str, *, collapsed: bool) -> None:
+        """A term also read from neighbouring words joined (``c h i l d``, ``chi ld``)."""
+        self._joined.setdefault(joined, set()).add(name)
+        forms_ = [joined]
+        if collapsed:
+            self._joined_collapsed.setdefault(collapse(joined), set()).add(name)
+            forms_.append(collapse(joined))
+        for form in forms_:
+            self._prefixes.update(form[:k] for k in range(1, len(form) + 1))
+        self._longest = max(self._longest, len(joined))
 
     def add_together(self, name: str, entries: Iterable[str], lang: str = "") -> None:
         """Terms of two words or more that count when every word is in the text, in any order and

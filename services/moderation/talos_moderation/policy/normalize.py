@@ -98,6 +98,10 @@ _APOSTROPHE = re.compile(r"['’ʼ`´]")
 _ELISION = re.compile(
     r"\b([a-z]|qu|jusqu|lorsqu|puisqu|quoiqu|dell|dall|nell|sull|all|coll|quell|quest|un|tutt)['’ʼ`´](?=[^\W\d_])"
 )
+# Thai abbreviations are one letter and a full stop before a number (ป.5 for the fifth year of
+# primary school); glued to the word before them (Thai has no spaces), they become a word of
+# their own again.
+_THAI_ABBREVIATION = re.compile(r"(?<=[\u0e01-\u0e4f])([\u0e01-\u0e2e]\.\s?\d)")
 
 # The symbols leetspeak uses stay inside words; every other non-word character splits.
 LEET_SYMBOLS = "@$!|+€£"
@@ -144,6 +148,8 @@ def normalize(text: str) -> str:
         text = _POSSESSIVE.sub("", text)
         text = _ELISION.sub(r"\1 ", text)
         text = _APOSTROPHE.sub("", text)
+        if "." in text:
+            text = _THAI_ABBREVIATION.sub(r" \1", text)
     return text
 
 

@@ -31,7 +31,9 @@ the policy then blocks every prompt.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -48,6 +50,8 @@ LISTS = ("minor", "sexual", "standalone", "negative_adulthood", "negative_clothi
 POSITIVE = ("minor", "sexual", "standalone")
 NEGATIVE = ("negative_adulthood", "negative_clothing")
 EVIDENCE = "lang"
+# One entry written with alternatives stands for at most this many phrases.
+MAX_ALTERNATIVES = 512
 # Evidence words alone (not terms): what shows a language in which a word is innocent.
 WORDS = "words"
 Document = tuple[str, dict[str, Any]]  # (file name, content)
@@ -91,11 +95,32 @@ def load_documents(path: Path | None = None) -> list[Document]:
     return [(name, manifest), *((f, _read(base, f)) for f in files)]
 
 
+def alternatives(entry: str) -> list[str]:
+    """The phrases an entry stands for: a word written ``a|b|c`` is any of them, so
+    ``mn|min 8er|gheir hdoom|malabis`` is eight phrases, each read word by word as usual."""
+    if "|" not in entry:
+        return [entry]
+    choices = [piece.split("|") for piece in entry.split()]
+    if any(not c for choice in choices for c in choice):
+        raise ValueError(f"'{entry}': an empty alternative")
+    if math.prod(len(choice) for choice in choices) > MAX_ALTERNATIVES:
+        raise ValueError(f"'{entry}': more than {MAX_ALTERNATIVES} phrases")
+    return [" ".join(words) for words in itertools.product(*choices)]
+
+
 def _strings(name: str, data: dict[str, Any], key: str) -> list[str]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RulesError(f"{name}: {key} must be a list of strings")
     return value
+
+
+def _phrases(name: str, data: dict[str, Any], key: str) -> list[str]:
+    """A list of terms or exception phrases, each phrase with alternatives spelled out."""
+    try:
+        return [phrase for entry in _strings(name, data, key) for phrase in alternatives(entry)]
+    except ValueError as exc:
+        raise RulesError(f"{name}: {key}: {exc}") from None
 
 
 @dataclass
@@ -274,10 +299,10 @@ class _Builder:
             self.matcher.add_romanization(lang)
         has_weak = False
         for list_name in LISTS:
-            self._terms(list_name, lang, _strings(name, data, f"{list_name}_terms"), weak=False)
-            self.matcher.add(list_name, (), _strings(name, data, f"{list_name}_exceptions"), lang)
+            self._terms(list_name, lang, _phrases(name, data, f"{list_name}_terms"), weak=False)
+            self.matcher.add(list_name, (), _phrases(name, data, f"{list_name}_exceptions"), lang)
             self.matcher.add_together(list_name, _strings(name, data, f"{list_name}_together_terms"), lang)
-            weak = _strings(name, data, f"{list_name}_weak_terms")
+            weak = _phrases(name, data, f"{list_name}_weak_terms")
             if weak and not lang:
                 raise RulesError(f"{name}: weak terms need a language")
             has_weak = has_weak or bool(weak)
@@ -295,7 +320,7 @@ class _Builder:
             for list_name in LISTS:
                 evidence += [
                     term
-                    for term in _strings(name, data, f"{list_name}_terms")
+                    for term in _phrases(name, data, f"{list_name}_terms")
                     if not self.innocent.get(_single_word(term), set()) - {lang}
                 ]
             self.matcher.add(f"{EVIDENCE}~{lang}", evidence, (), lang)
@@ -332,4 +357,12 @@ class _Builder:
                 self.matcher.sizes[list_name] = self.matcher.sizes.get(list_name, 0) + len(items)
 
 
-__all__ = ["LISTS", "Rules", "RulesError", "entry_words", "load_documents"]
+__all__ = [
+    "LISTS",
+    "MAX_ALTERNATIVES",
+    "Rules",
+    "RulesError",
+    "alternatives",
+    "entry_words",
+    "load_documents",
+]
